@@ -1,0 +1,44 @@
+"""Exceptions and warnings raised by scalable-hrank.
+
+Public entry points raise ``ValueError`` for a wrong value and ``TypeError`` for a
+wrong kind; the classes here add what a built-in cannot carry (a partial result).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HRankError(Exception):
+    """Base class of the errors specific to scalable-hrank."""
+
+
+class NotConvergedError(HRankError, RuntimeError):
+    """A solver ran out of its product budget before it could certify its answer.
+
+    Attributes:
+        partial: The best result so far (for rank solvers: a certified lower bound).
+    """
+
+    def __init__(self, message: str, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class NonFiniteError(HRankError, FloatingPointError):
+    """A loss or a curvature product returned NaN or infinity.
+
+    Attributes:
+        num_matvecs: Products spent before the failure.
+        batch: Index of the data batch whose product failed (None if unknown).
+    """
+
+    def __init__(self, message: str, *, num_matvecs: int | None = None,
+                 batch: int | None = None) -> None:
+        super().__init__(message)
+        self.num_matvecs = num_matvecs
+        self.batch = batch
+
+
+class NumericalWarning(RuntimeWarning):
+    """A result is valid but numerically fragile (no spectral gap, noise floor near tol)."""

@@ -1,0 +1,138 @@
+"""Normalising the ``data`` argument: an (inputs, targets) pair or an iterable of pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: inputs (Tensor, tuple or mapping), targets, and its sample count."""
+
+    index: int
+    inputs: Any
+    targets: Tensor
+    size: int
+
+
+def _first_tensor(x: Any) -> Tensor | None:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, Mapping):
+        x = list(x.values())
+    if isinstance(x, (tuple, list)):
+        for item in x:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def move_inputs(x: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """Move inputs to ``device``; floating tensors are cast to ``dtype``, others keep theirs."""
+    if isinstance(x, Tensor):
+        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+    if isinstance(x, Mapping):
+        return {k: move_inputs(v, dtype, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(move_inputs(v, dtype, device) for v in x)
+    return x
+
+
+def call_model(model_call: Any, params: dict[str, Tensor], inputs: Any) -> Tensor:
+    """``functional_call`` with inputs given as a Tensor, a tuple (positional) or a Mapping."""
+    if isinstance(inputs, Mapping):
+        return torch.func.functional_call(model_call, params, (), dict(inputs))
+    if isinstance(inputs, (tuple, list)):
+        return torch.func.functional_call(model_call, params, tuple(inputs))
+    return torch.func.functional_call(model_call, params, (inputs,))
+
+
+def _fingerprint(inputs: Any, targets: Tensor) -> float:
+    t = _first_tensor(inputs)
+    s = float(targets.double().sum()) if targets.numel() else 0.0
+    if t is not None and t.numel():
+        s += float(t.double().sum()) * 1.000001
+    return s
+
+
+class BatchSource:
+    """Iterates the user's data as :class:`Batch` objects, with checks.
+
+    The data is read once at construction (sample count, a cheap fingerprint per batch); each
+    later pass compares fingerprints, so a pipeline that changes between passes (shuffling
+    with replacement, random augmentation) is reported instead of giving a random matrix.
+
+    Raises:
+        ValueError: Empty data, a batch that is not an (inputs, targets) pair, inputs and
+            targets with different batch sizes.
+    """
+
+    def __init__(self, data: Any, dtype: torch.dtype, device: torch.device) -> None:
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor):
+            self._source: Iterable[Any] = [data]
+        elif isinstance(data, Iterable) and not isinstance(data, (Tensor, str, Mapping)):
+            self._source = data
+        else:
+            msg = ("data must be an (inputs, targets) pair or an iterable of such pairs "
+                   f"(a DataLoader); got {type(data).__name__}")
+            raise TypeError(msg)
+        self.dtype, self.device = dtype, device
+        self._prints: list[float] = []
+        self.sizes: list[int] = []
+        for _ in self._iterate(check=False):
+            pass
+        if not self.sizes or sum(self.sizes) == 0:
+            msg = "data is empty: no batch with at least one sample"
+            raise ValueError(msg)
+
+    @property
+    def num_samples(self) -> int:
+        """N, the total number of samples."""
+        return sum(self.sizes)
+
+    def _iterate(self, *, check: bool) -> Iterator[Batch]:
+        prints: list[float] = []
+        for i, item in enumerate(self._source):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                msg = f"batch {i} is not an (inputs, targets) pair; got {type(item).__name__}"
+                raise ValueError(msg)
+            x, y = item
+            if not isinstance(y, Tensor):
+                y = torch.as_tensor(y)
+            first = _first_tensor(x)
+            if first is None:
+                msg = f"batch {i} has no tensor among its inputs"
+                raise ValueError(msg)
+            size = int(y.shape[0]) if y.dim() else 1
+            if first.dim() == 0 or first.shape[0] != size:
+                msg = (f"batch {i}: inputs hold {first.shape[0] if first.dim() else 1} samples "
+                       f"but targets hold {size}")
+                raise ValueError(msg)
+            if size == 0:
+                continue
+            fp = _fingerprint(x, y)
+            prints.append(fp)
+            if check and (len(prints) > len(self._prints) or prints[-1] != self._prints[len(prints) - 1]):
+                msg = (f"data changed between passes at batch {i}: the data pipeline is not "
+                       "deterministic (shuffling, sampling or augmentation); fix a seed or "
+                       "pass the data as fixed tensors")
+                raise ValueError(msg)
+            if not check:
+                self.sizes.append(size)
+            yield Batch(i, move_inputs(x, self.dtype, self.device),
+                        move_inputs(y, self.dtype, self.device), size)
+        if not check:
+            self._prints = prints
+        elif len(prints) != len(self._prints):
+            msg = (f"data changed between passes: {len(prints)} batches now, "
+                   f"{len(self._prints)} before")
+            raise ValueError(msg)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._iterate(check=True)

@@ -1,0 +1,243 @@
+"""The curvature operator: H_L, H_O or H_F of a model's loss over a whole dataset."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+
+from scalable_hrank._validation import check_choice
+from scalable_hrank.errors import NonFiniteError
+from scalable_hrank.operators.batches import Batch, BatchSource, call_model
+from scalable_hrank.operators.losses import LossFn, check_targets, resolve_loss
+from scalable_hrank.operators.params import ParameterSpace, parameter_space
+from scalable_hrank.operators.products import FACTORIES, MatVec
+
+log = logging.getLogger(__name__)
+
+#: "loss" = H_L (Hessian of the loss), "outer" = H_O (Gauss-Newton), "functional" = H_F.
+KINDS = ("loss", "outer", "functional")
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Raise ValueError if a dropout or batch-norm module is in training mode."""
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, (_DropoutNd, _BatchNorm)):
+            what = "random" if isinstance(module, _DropoutNd) else "batch-dependent"
+            msg = (f"model is in training mode and {type(module).__name__} at "
+                   f"'{name or '<root>'}' makes products {what}; call model.eval() first")
+            raise ValueError(msg)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class CurvatureOperator:
+    """Matrix-free P x P curvature matrix of ``loss(model(inputs), targets)`` over ``data``.
+
+    ``op @ v`` takes v of shape (P,) or a block (P, k) in the operator's dtype/device and
+    returns the same shape. Batches are weighted by their sample counts (N_b / N), so the
+    matrix does not depend on how the data is cut into batches. When torch.distributed is
+    initialized, each process passes its shard of the data and products are all-reduced.
+
+    Args:
+        model: The network; its selected parameters fix dtype and device.
+        loss: "mse", "cross_entropy", "logcosh" or a callable ``loss(outputs, targets)`` that
+            averages over the batch (its output-space Hessian comes from autograd).
+        data: An (inputs, targets) pair or an iterable of pairs.
+        kind: "loss" (H_L), "outer" (H_O = sum J^T Q J) or "functional" (H_F = H_L - H_O,
+            computed directly as the Hessian of the residual-weighted outputs).
+        params: None (all trainable), name globs, or a list of the model's parameters.
+        cache: Keep each batch's graph across products (faster; memory per batch about
+            the activations plus one backward's intermediates).
+
+    Cost of ``op @ V`` with V (P, k): k products, each about 1.5-2 gradients per batch.
+
+    Raises:
+        ValueError: Unknown kind/loss, training-mode dropout/batch-norm, empty data, targets
+            that do not fit the loss, selected parameters the loss does not reach.
+        NonFiniteError: A non-finite loss (at construction) or product.
+    """
+
+    def __init__(self, model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss", *,
+                 params: None | Sequence[str] | Sequence[nn.Parameter] = None,
+                 cache: bool = True) -> None:
+        self.kind = check_choice("kind", kind, KINDS)
+        self.loss_name, self._loss_fn = resolve_loss(loss)
+        check_eval_mode(model)
+        self.model = model
+        self.space, self.theta = parameter_space(model, params)
+        self.dtype, self.device = self.space.dtype, self.space.device
+        self.shape = (self.space.size, self.space.size)
+        self._batches = BatchSource(data, self.dtype, self.device)
+        n_samples = torch.tensor(float(self._batches.num_samples))
+        if _distributed():
+            torch.distributed.all_reduce(n_samples)
+        self.num_samples = int(n_samples.item())
+        self.cache = cache
+        self._cached: dict[int, MatVec] = {}
+        self._use_vmap = True
+        self.matvecs = 0
+        self._check_first_batch()
+
+    @property
+    def size(self) -> int:
+        """P, the number of parameters the matrix is taken over."""
+        return self.space.size
+
+    # -- per batch ---------------------------------------------------------------------------
+    def _forward(self, batch: Batch) -> Callable[[Tensor], Tensor]:
+        fixed, space, model = self.space.fixed, self.space, self.model
+
+        def forward(theta: Tensor) -> Tensor:
+            out = call_model(model, {**fixed, **space.unflatten(theta)}, batch.inputs)
+            if not isinstance(out, Tensor):
+                msg = (f"model returned {type(out).__name__}, not a Tensor; wrap it so that "
+                       "it returns the outputs the loss acts on")
+                raise TypeError(msg)
+            return out
+
+        return forward
+
+    def _check_first_batch(self) -> None:
+        """Targets fit, loss finite, every selected parameter reached (one gradient)."""
+        batch = next(iter(self._batches))
+        leaves = [t.detach().clone().requires_grad_(True) for t in
+                  self.space.unflatten(self.theta).values()]
+        params = dict(zip(self.space.names, leaves, strict=True))
+        with torch.enable_grad():
+            out = call_model(self.model, {**self.space.fixed, **params}, batch.inputs)
+            if not isinstance(out, Tensor):
+                msg = f"model returned {type(out).__name__}, not a Tensor"
+                raise TypeError(msg)
+            if self.loss_name in ("mse", "cross_entropy", "logcosh"):
+                check_targets(self.loss_name, out, batch.targets)
+            value = self._loss_fn(out, batch.targets)
+            if value.dim() != 0:
+                msg = f"loss must return a scalar; got shape {tuple(value.shape)}"
+                raise ValueError(msg)
+            if not torch.isfinite(value):
+                msg = f"loss is {value.item()} on batch {batch.index}; fix the model or data"
+                raise NonFiniteError(msg, num_matvecs=0, batch=batch.index)
+            grads = torch.autograd.grad(value, leaves, allow_unused=True)
+        unused = [n for n, g in zip(self.space.names, grads, strict=True) if g is None]
+        if unused:
+            msg = (f"selected parameters not reached by the loss: {unused[:8]}"
+                   f"{' ...' if len(unused) > 8 else ''}; leave them out with params=")
+            raise ValueError(msg)
+
+    def _batch_matvec(self, batch: Batch) -> MatVec:
+        if batch.index in self._cached:
+            return self._cached[batch.index]
+        weight = batch.size / self.num_samples
+        mv, value = FACTORIES[self.kind](self.theta, self._forward(batch), self._loss_fn,
+                                         batch.targets, weight)
+        if not torch.isfinite(value):
+            msg = f"loss is {value.item()} on batch {batch.index}"
+            raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=batch.index)
+        if self.cache:
+            self._cached[batch.index] = mv
+        return mv
+
+    def _apply_block(self, mv: MatVec, block: Tensor) -> Tensor:
+        if self._use_vmap:
+            try:
+                return torch.func.vmap(mv, in_dims=1, out_dims=1)(block)
+            except (RuntimeError, NotImplementedError) as exc:
+                log.info("vmap over tangents failed (%s); falling back to a column loop", exc)
+                self._use_vmap = False
+        return torch.stack([mv(block[:, j]) for j in range(block.shape[1])], dim=1)
+
+    # -- public ------------------------------------------------------------------------------
+    def matmat(self, block: Tensor) -> Tensor:
+        """Return H @ block for block (P,) or (P, k); counts k products."""
+        if not isinstance(block, Tensor):
+            msg = f"operand must be a torch.Tensor; got {type(block).__name__}"
+            raise TypeError(msg)
+        vector = block.dim() == 1
+        mat = block.unsqueeze(1) if vector else block
+        if mat.dim() != 2 or mat.shape[0] != self.size:
+            msg = f"operand must have shape ({self.size},) or ({self.size}, k); got {tuple(block.shape)}"
+            raise ValueError(msg)
+        mat = mat.to(device=self.device, dtype=self.dtype)
+        out = torch.zeros_like(mat)
+        for batch in self._batches:
+            part = self._apply_block(self._batch_matvec(batch), mat)
+            if not torch.isfinite(part).all():
+                msg = (f"non-finite curvature product on batch {batch.index} after "
+                       f"{self.matvecs} products")
+                raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=batch.index)
+            out += part
+        if _distributed():
+            torch.distributed.all_reduce(out)
+        self.matvecs += mat.shape[1]
+        return out.squeeze(1) if vector else out
+
+    __matmul__ = matmat
+
+    def to_dense(self, *, block_size: int = 64) -> Tensor:
+        """The dense P x P matrix from P products (blocks of unit vectors). Small models only.
+
+        Cost: P products, P^2 numbers of memory in the operator's dtype.
+        """
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        cols = [self.matmat(eye[:, i:i + block_size]) for i in range(0, self.size, block_size)]
+        return torch.cat(cols, dim=1)
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` in float64 (for ``eigsh`` cross-checks)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def matmat(x: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(self.size, -1))
+            return self.matmat(t).detach().cpu().double().numpy()
+
+        return LinearOperator(self.shape, matvec=matmat, matmat=matmat, rmatvec=matmat,
+                              dtype=np.float64)
+
+    def check_symmetry(self, generator: torch.Generator | None = None, *,
+                       rtol: float | None = None) -> float:
+        """Probe <u, H v> against <H u, v> and H v against a repeat; return the asymmetry.
+
+        Cost: 3 products. Raises ValueError when the relative mismatch exceeds ``rtol``
+        (default 1e4 eps of the dtype): the model or data pipeline is not deterministic, or
+        the loss is not twice differentiable where evaluated.
+        """
+        gen = generator or torch.Generator().manual_seed(12345)
+        uv = torch.randn(self.size, 2, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
+        huv = self.matmat(uv)
+        hv_again = self.matmat(uv[:, 1])
+        scale = (huv.norm() * uv.norm()).double().clamp_min(torch.finfo(torch.float64).tiny)
+        asym = abs(float(uv[:, 0] @ huv[:, 1] - huv[:, 0] @ uv[:, 1])) / float(scale)
+        repeat = float((hv_again - huv[:, 1]).norm() / huv[:, 1].norm().clamp_min(1e-300))
+        limit = rtol if rtol is not None else 1e4 * torch.finfo(self.dtype).eps
+        if repeat > limit:
+            msg = (f"two products with the same vector differ by {repeat:.2e} (relative): the "
+                   "model or data pipeline is not deterministic (dropout, sampling, augmentation)")
+            raise ValueError(msg)
+        if asym > limit:
+            msg = (f"<u,Hv> and <Hu,v> differ by {asym:.2e} (relative): the operator is not "
+                   "symmetric; is the loss twice differentiable here?")
+            raise ValueError(msg)
+        return max(asym, repeat)
+
+    def __repr__(self) -> str:
+        return (f"CurvatureOperator(kind={self.kind!r}, loss={self.loss_name!r}, P={self.size}, "
+                f"N={self.num_samples}, dtype={self.dtype}, device={self.device})")
+
+
+def curvature_operator(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss", *,
+                       params: None | Sequence[str] | Sequence[nn.Parameter] = None,
+                       cache: bool = True) -> CurvatureOperator:
+    """Build a :class:`CurvatureOperator` (see there for arguments and errors)."""
+    return CurvatureOperator(model, loss, data, kind, params=params, cache=cache)
+
+
+__all__ = ["KINDS", "CurvatureOperator", "ParameterSpace", "curvature_operator"]

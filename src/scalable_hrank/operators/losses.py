@@ -1,0 +1,107 @@
+"""Losses on network outputs: value, residual dl/dF and products with d^2 l / dF^2.
+
+Every loss here is a mean over the batch (the first axis of the outputs) of a per-sample
+loss summed over the remaining axes, so batches combine by sample count. The residual and
+the output-space Hessian product come from autograd on the (small) outputs, which serves the
+built-in losses and user callables alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from scalable_hrank._validation import check_choice
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LOSSES = ("mse", "cross_entropy", "logcosh")
+_LOG2 = math.log(2.0)
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean over samples of 1/2 ||F - y||^2 (written out: F.mse_loss breaks jvp(grad))."""
+    return 0.5 * (outputs - targets).pow(2).sum() / outputs.shape[0]
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean over samples of softmax cross-entropy on logits (last axis = classes).
+
+    ``targets``: class indices shaped like ``outputs[..., 0]`` (entries -100 are ignored) or
+    probabilities shaped like ``outputs``.
+    """
+    logp = torch.log_softmax(outputs, dim=-1)
+    if targets.is_floating_point():
+        return -(targets * logp).sum() / outputs.shape[0]
+    keep = targets != -100
+    safe = torch.where(keep, targets, torch.zeros_like(targets))
+    picked = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return -(picked * keep).sum() / outputs.shape[0]
+
+
+def logcosh(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean over samples of sum log cosh(F - y), in an overflow-free form."""
+    z = (outputs - targets).abs()
+    return (z + torch.log1p(torch.exp(-2.0 * z)) - _LOG2).sum() / outputs.shape[0]
+
+
+_BUILTIN: dict[str, LossFn] = {"mse": mse, "cross_entropy": cross_entropy, "logcosh": logcosh}
+
+
+def resolve_loss(loss: str | LossFn) -> tuple[str, LossFn]:
+    """Return (name, function) for a loss name or a user callable."""
+    if callable(loss):
+        return getattr(loss, "__name__", "callable"), loss
+    name = check_choice("loss", loss, LOSSES)
+    return name, _BUILTIN[name]
+
+
+def check_targets(name: str, outputs: Tensor, targets: Tensor) -> None:
+    """Raise ValueError when ``targets`` cannot go with ``outputs`` under the built-in loss."""
+    if name in ("mse", "logcosh"):
+        if targets.shape != outputs.shape:
+            msg = (f"loss {name!r} needs targets shaped like the outputs {tuple(outputs.shape)}; "
+                   f"got {tuple(targets.shape)} (one-hot encode class labels for mse)")
+            raise ValueError(msg)
+    elif name == "cross_entropy":
+        if targets.is_floating_point():
+            if targets.shape != outputs.shape:
+                msg = (f"cross_entropy with probability targets needs shape "
+                       f"{tuple(outputs.shape)}; got {tuple(targets.shape)}")
+                raise ValueError(msg)
+        else:
+            if targets.shape != outputs.shape[:-1]:
+                msg = (f"cross_entropy with class indices needs targets of shape "
+                       f"{tuple(outputs.shape[:-1])}; got {tuple(targets.shape)}")
+                raise ValueError(msg)
+            valid = targets[targets != -100]
+            if valid.numel() and (valid.min() < 0 or valid.max() >= outputs.shape[-1]):
+                msg = (f"cross_entropy class indices must lie in [0, {outputs.shape[-1]}); "
+                       f"got values from {int(valid.min())} to {int(valid.max())}")
+                raise ValueError(msg)
+
+
+def residual(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor:
+    """dl/dF at ``outputs`` (same shape), detached. Includes the 1/batch factor of the mean."""
+    out = outputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(loss_fn(out, targets), out)
+    return g.detach()
+
+
+def output_hessian_matmul(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
+    """Return U -> (d^2 l / dF^2) U for tangents U shaped like ``outputs`` (no batch of columns).
+
+    Cost: one forward-over-reverse pass through the loss alone (no network).
+    """
+    out = outputs.detach()
+
+    def grad_f(f: Tensor) -> Tensor:
+        return torch.func.grad(loss_fn)(f, targets)
+
+    def apply(u: Tensor) -> Tensor:
+        return torch.func.jvp(grad_f, (out,), (u,))[1]
+
+    return apply
