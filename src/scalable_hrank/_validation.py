@@ -34,7 +34,7 @@ def check_tolerance(name: str, value: float | None, *, upper: float | None = Non
     if not math.isfinite(value) or value < 0:
         raise bad_value(name, "a finite number >= 0", value)
     if upper is not None and value >= upper:
-        raise bad_value(name, f"a finite number in [0, {upper})", value)
+        raise bad_value(name, f"a finite number in [0, {upper:g})", value)
     return value
 
 

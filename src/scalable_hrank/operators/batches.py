@@ -118,7 +118,8 @@ class BatchSource:
                 continue
             fp = _fingerprint(x, y)
             prints.append(fp)
-            if check and (len(prints) > len(self._prints) or prints[-1] != self._prints[len(prints) - 1]):
+            seen = len(prints)
+            if check and (seen > len(self._prints) or fp != self._prints[seen - 1]):
                 msg = (f"data changed between passes at batch {i}: the data pipeline is not "
                        "deterministic (shuffling, sampling or augmentation); fix a seed or "
                        "pass the data as fixed tensors")

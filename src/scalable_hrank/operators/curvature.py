@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,14 @@ class CurvatureOperator:
             self._cached[batch.index] = mv
         return mv
 
+    def _matvecs_per_batch(self) -> Iterator[tuple[int, MatVec]]:
+        """(batch index, product closure) over the data; no data pass once all are cached."""
+        if self.cache and len(self._cached) == len(self._batches.sizes):
+            yield from self._cached.items()
+            return
+        for batch in self._batches:
+            yield batch.index, self._batch_matvec(batch)
+
     def _apply_block(self, mv: MatVec, block: Tensor) -> Tensor:
         if self._use_vmap:
             try:
@@ -164,16 +172,17 @@ class CurvatureOperator:
         vector = block.dim() == 1
         mat = block.unsqueeze(1) if vector else block
         if mat.dim() != 2 or mat.shape[0] != self.size:
-            msg = f"operand must have shape ({self.size},) or ({self.size}, k); got {tuple(block.shape)}"
+            msg = (f"operand must have shape ({self.size},) or ({self.size}, k); "
+                   f"got {tuple(block.shape)}")
             raise ValueError(msg)
         mat = mat.to(device=self.device, dtype=self.dtype)
         out = torch.zeros_like(mat)
-        for batch in self._batches:
-            part = self._apply_block(self._batch_matvec(batch), mat)
+        for index, mv in self._matvecs_per_batch():
+            part = self._apply_block(mv, mat)
             if not torch.isfinite(part).all():
-                msg = (f"non-finite curvature product on batch {batch.index} after "
+                msg = (f"non-finite curvature product on batch {index} after "
                        f"{self.matvecs} products")
-                raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=batch.index)
+                raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=index)
             out += part
         if _distributed():
             torch.distributed.all_reduce(out)
@@ -211,7 +220,8 @@ class CurvatureOperator:
         the loss is not twice differentiable where evaluated.
         """
         gen = generator or torch.Generator().manual_seed(12345)
-        uv = torch.randn(self.size, 2, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
+        uv = torch.randn(self.size, 2, generator=gen, dtype=torch.float64)
+        uv = uv.to(self.device, self.dtype)
         huv = self.matmat(uv)
         hv_again = self.matmat(uv[:, 1])
         scale = (huv.norm() * uv.norm()).double().clamp_min(torch.finfo(torch.float64).tiny)

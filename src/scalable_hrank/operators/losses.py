@@ -91,7 +91,8 @@ def residual(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor:
     return g.detach()
 
 
-def output_hessian_matmul(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
+def output_hessian_matmul(loss_fn: LossFn, outputs: Tensor,
+                          targets: Tensor) -> Callable[[Tensor], Tensor]:
     """Return U -> (d^2 l / dF^2) U for tangents U shaped like ``outputs`` (no batch of columns).
 
     Cost: one forward-over-reverse pass through the loss alone (no network).

@@ -26,7 +26,7 @@ MatVec = Callable[[Tensor], Tensor]
 
 def loss_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn, targets: Tensor,
                         weight: float) -> tuple[MatVec, Tensor]:
-    """v -> w H_b v with H_b the Hessian of the batch's mean loss; also returns the loss.
+    """V -> w H_b v with H_b the Hessian of the batch's mean loss; also returns the loss.
 
     Cost: one forward + backward to build; each product one reverse-over-reverse sweep.
     """
@@ -41,7 +41,7 @@ def loss_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn, target
 
 def functional_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn,
                               targets: Tensor, weight: float) -> tuple[MatVec, Tensor]:
-    """v -> w H_F,b v, the Hessian of <stopgrad(dl/dF), F(theta)>; also returns the loss.
+    """V -> w H_F,b v, the Hessian of <stopgrad(dl/dF), F(theta)>; also returns the loss.
 
     H_F is computed directly (no difference of two matrices), so it is exactly zero where
     the network is linear in theta. Cost as :func:`loss_hessian_matvec`.
@@ -59,7 +59,7 @@ def functional_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn,
 
 def outer_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn, targets: Tensor,
                          weight: float) -> tuple[MatVec, Tensor]:
-    """v -> w J^T Q J v (Gauss-Newton), Q = d^2 l / dF^2; also returns the loss.
+    """V -> w J^T Q J v (Gauss-Newton), Q = d^2 l / dF^2; also returns the loss.
 
     J v is a forward-mode product (re-runs the forward with tangents), Q acts on the small
     output space, J^T u reuses the cached reverse graph. Cost per product: about one

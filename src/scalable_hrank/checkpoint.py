@@ -1,0 +1,500 @@
+r"""Checkpoints that let a pre-empted job resume to the same answer.
+
+A checkpoint file is written atomically (temporary file, fsync, rename) and has three parts::
+
+    HRANKCKPT\n                      magic line
+    {"format": 1, ...}\n             JSON header: format version, fingerprint, payload size, sha256
+    <payload>                       torch.save of a plain dict (tensors, numbers, strings, lists)
+
+:func:`load_checkpoint` refuses, with a :class:`CheckpointError` naming the reason, a file that
+is truncated or corrupted (size or sha256 mismatch), written by another format version, or
+written for another problem (fingerprint mismatch: other parameters, data or settings). The
+payload is read with ``torch.load(weights_only=True)``: no code runs on load. Dataclasses and
+``torch.Generator`` objects are stored as tagged dicts (the generator by its uint8 state) and
+rebuilt on load; only dataclasses defined in ``scalable_hrank`` modules are rebuilt.
+
+Pre-emption (Slurm sends SIGUSR1 ``--signal=B:USR1@120`` before the time limit, SIGTERM on
+``scancel``): a :class:`PreemptionHandler` turns the signal into a flag, and a
+:class:`CheckpointSaver`, passed as the solver's per-block callback, saves every
+``every_seconds`` and, once a signal arrived, saves and raises :class:`Preempted`. The command
+line turns :class:`Preempted` into exit code :data:`PREEMPTED_EXIT_CODE` (3), on which the
+sbatch templates in ``slurm/`` requeue the job; the requeued job loads the checkpoint and goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import io
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from scalable_hrank._io import atomic_write_bytes
+from scalable_hrank.errors import HRankError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PREEMPTED_EXIT_CODE",
+    "CheckpointError",
+    "CheckpointSaver",
+    "Preempted",
+    "PreemptionHandler",
+    "fingerprint",
+    "in_slurm",
+    "load_checkpoint",
+    "read_header",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the file layout; files of another version are refused.
+FORMAT_VERSION = 1
+#: Exit code of a process that saved a checkpoint after a pre-emption signal and stopped.
+PREEMPTED_EXIT_CODE = 3
+
+_MAGIC = b"HRANKCKPT\n"
+_MAX_HEADER = 64 * 1024
+_TAG_GENERATOR = "__torch_generator__"
+_TAG_DATACLASS = "__dataclass__"
+
+
+class CheckpointError(HRankError):
+    """A checkpoint cannot be used: missing, truncated, corrupted, or for another problem.
+
+    Attributes:
+        path: The checkpoint file.
+        reason: One of "missing", "truncated", "corrupted", "format", "fingerprint", "content".
+
+    """
+
+    def __init__(self, message: str, *, path: str | Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+        self.reason = reason
+
+
+class Preempted(HRankError):
+    """A pre-emption signal arrived; the state was saved and the computation stopped.
+
+    The command line exits with :data:`PREEMPTED_EXIT_CODE` on it.
+
+    Attributes:
+        path: The checkpoint just written.
+        signum: The signal received (e.g. ``signal.SIGUSR1``).
+
+    """
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, message: str, *, path: str | Path, signum: int | None) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def _update_tensor(h: Any, t: Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _update_obj(h: Any, obj: Any) -> None:
+    if isinstance(obj, Tensor):
+        _update_tensor(h, obj)
+    elif isinstance(obj, Mapping):
+        h.update(b"M{")
+        for key in sorted(obj, key=str):
+            h.update(f"{key!s}:".encode())
+            _update_obj(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}[".encode())
+        for item in obj:
+            _update_obj(h, item)
+        h.update(b"]")
+    else:
+        h.update(f"V{obj!r};".encode())
+
+
+def fingerprint(model_params: Iterable[Tensor], data_batches: Any = None,
+                settings: Mapping[str, Any] | None = None) -> str:
+    """Return a sha256 hex digest identifying a rank computation.
+
+    Two runs share a fingerprint only when their parameter values (dtype, shape, bytes, order),
+    data (every tensor of every batch, in order) and settings agree. A checkpoint written for
+    one fingerprint is refused for any other.
+
+    Args:
+        model_params: The parameters the curvature is taken over, e.g. ``model.parameters()``.
+        data_batches: An ``(inputs, targets)`` pair, an iterable of such batches (it is iterated
+            once: pass a re-iterable loader, not a one-shot generator), or None. Tensors may be
+            nested in tuples, lists and mappings.
+        settings: JSON-serializable options that change the answer (kind, method, tolerances,
+            seed, dtype, ...). Keys are sorted; values that JSON cannot encode use ``str``.
+
+    Returns:
+        64 hexadecimal characters.
+
+    Cost: one pass over the parameters and the data, copying each tensor to the CPU.
+
+    """
+    h = hashlib.sha256(b"scalable-hrank fingerprint v1\n")
+    h.update(b"params:")
+    for p in model_params:
+        _update_tensor(h, p)
+    h.update(b"data:")
+    if data_batches is not None:
+        if isinstance(data_batches, (tuple, list)) and len(data_batches) == 2 and isinstance(
+                data_batches[0], (Tensor, tuple, Mapping)) and isinstance(data_batches[1], Tensor):
+            _update_obj(h, data_batches)
+        else:
+            for batch in data_batches:
+                _update_obj(h, batch)
+    h.update(b"settings:")
+    h.update(json.dumps(dict(settings or {}), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding of state: plain containers only, so that torch.load(weights_only=True) can read it.
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, torch.Generator):
+        return {_TAG_GENERATOR: obj.get_state(), "device": str(obj.device)}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        fields = {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {_TAG_DATACLASS: f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_encode(v) for v in obj)
+    if isinstance(obj, list):
+        return [_encode(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    msg = (f"cannot checkpoint an object of type {type(obj).__name__}: use tensors, numbers, "
+           "strings, None, lists, tuples, dicts, dataclasses or torch.Generator")
+    raise TypeError(msg)
+
+
+def _decode(obj: Any, path: Path) -> Any:
+    if isinstance(obj, dict):
+        if _TAG_GENERATOR in obj:
+            gen = torch.Generator(device=obj.get("device", "cpu"))
+            gen.set_state(obj[_TAG_GENERATOR])
+            return gen
+        if _TAG_DATACLASS in obj:
+            module, _, qualname = obj[_TAG_DATACLASS].partition(":")
+            if not (module == "scalable_hrank" or module.startswith("scalable_hrank.")):
+                msg = (f"checkpoint {path} holds a dataclass {module}:{qualname} from outside "
+                       "scalable_hrank; refusing to rebuild it")
+                raise CheckpointError(msg, path=path, reason="content")
+            cls: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+            fields = {k: _decode(v, path) for k, v in obj["fields"].items()}
+            return cls(**fields)
+        return {k: _decode(v, path) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_decode(v, path) for v in obj)
+    if isinstance(obj, list):
+        return [_decode(v, path) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Save and load
+
+
+def save_checkpoint(path: str | Path, state: Any, *, fingerprint: str) -> None:
+    """Write ``state`` to ``path`` atomically, tagged with ``fingerprint``.
+
+    Readers see the previous checkpoint or the new one, never a partial file.
+
+    Args:
+        path: Destination file; its folder is created.
+        state: A dict (or a dataclass) of tensors (moved to the CPU), numbers, strings, None,
+            lists, tuples, dicts, dataclasses and ``torch.Generator`` objects.
+        fingerprint: From :func:`fingerprint`; :func:`load_checkpoint` must be given the same.
+
+    Raises:
+        TypeError: If ``state`` holds an object of another type.
+
+    """
+    buf = io.BytesIO()
+    torch.save({"state": _encode(state)}, buf)
+    payload = buf.getvalue()
+    header = {
+        "format": FORMAT_VERSION,
+        "fingerprint": str(fingerprint),
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "created": time.time(),
+        "torch": torch.__version__,
+    }
+    data = _MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+    atomic_write_bytes(Path(path), data)
+    logger.debug("saved checkpoint %s (%d bytes)", path, len(data))
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Return the JSON header of a checkpoint without checking or reading the payload.
+
+    Raises:
+        CheckpointError: If the file is missing or does not start with a checkpoint header.
+
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_MAGIC) + _MAX_HEADER)
+    except FileNotFoundError:
+        msg = f"checkpoint {path} does not exist"
+        raise CheckpointError(msg, path=path, reason="missing") from None
+    return _parse_header(head, path)[0]
+
+
+def _parse_header(data: bytes, path: Path) -> tuple[dict[str, Any], int]:
+    if not data.startswith(_MAGIC):
+        reason = "truncated" if len(data) < len(_MAGIC) and _MAGIC.startswith(data) else "corrupted"
+        msg = f"checkpoint {path} is {reason}: it does not start with the checkpoint magic line"
+        raise CheckpointError(msg, path=path, reason=reason)
+    end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
+    if end < 0:
+        msg = f"checkpoint {path} is truncated: its header is incomplete"
+        raise CheckpointError(msg, path=path, reason="truncated")
+    try:
+        header = json.loads(data[len(_MAGIC):end])
+        if not isinstance(header, dict):
+            raise TypeError(type(header).__name__)  # noqa: TRY301
+    except (ValueError, TypeError) as exc:
+        msg = f"checkpoint {path} is corrupted: unreadable header ({exc})"
+        raise CheckpointError(msg, path=path, reason="corrupted") from None
+    return header, end + 1
+
+
+def load_checkpoint(path: str | Path, *, fingerprint: str) -> Any:
+    """Read a checkpoint written by :func:`save_checkpoint`, after checking it.
+
+    Args:
+        path: The checkpoint file.
+        fingerprint: The fingerprint of the current problem; must equal the one saved.
+
+    Returns:
+        The saved state, with dataclasses and generators rebuilt, tensors on the CPU.
+
+    Raises:
+        CheckpointError: With ``reason`` "missing" (no file), "truncated" (shorter than its
+            header says), "corrupted" (bad magic, header or sha256), "format" (another format
+            version), "fingerprint" (written for other parameters, data or settings) or
+            "content" (a payload that cannot be read safely).
+
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        msg = f"checkpoint {path} does not exist"
+        raise CheckpointError(msg, path=path, reason="missing") from None
+    header, start = _parse_header(data, path)
+    if header.get("format") != FORMAT_VERSION:
+        msg = (f"checkpoint {path} has format version {header.get('format')!r}; this version "
+               f"of scalable-hrank reads version {FORMAT_VERSION}")
+        raise CheckpointError(msg, path=path, reason="format")
+    payload = data[start:]
+    size = header.get("size")
+    if not isinstance(size, int) or len(payload) < size:
+        msg = f"checkpoint {path} is truncated: payload has {len(payload)} of {size} bytes"
+        raise CheckpointError(msg, path=path, reason="truncated")
+    if len(payload) > size or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        msg = f"checkpoint {path} is corrupted: the payload's sha256 does not match its header"
+        raise CheckpointError(msg, path=path, reason="corrupted")
+    if header.get("fingerprint") != fingerprint:
+        msg = (f"checkpoint {path} was written for another problem (fingerprint "
+               f"{str(header.get('fingerprint'))[:12]}..., expected {fingerprint[:12]}...): "
+               "the parameters, data or settings differ; delete it or use another path")
+        raise CheckpointError(msg, path=path, reason="fingerprint")
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable content
+        msg = f"checkpoint {path} cannot be read safely: {exc}"
+        raise CheckpointError(msg, path=path, reason="content") from exc
+    return _decode(obj["state"], path)
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-emption
+
+
+def in_slurm() -> bool:
+    """Return True inside a Slurm job (``SLURM_JOB_ID`` is set)."""
+    return bool(os.environ.get("SLURM_JOB_ID"))
+
+
+class PreemptionHandler:
+    """Turn pre-emption signals into a flag, for the duration of a ``with`` block.
+
+    Slurm sends SIGUSR1 before the time limit (``--signal=B:USR1@120``, forwarded to Python
+    by the sbatch templates) and SIGTERM on ``scancel``. The handler only records the signal;
+    the computation polls :attr:`signalled` at a safe point (a :class:`CheckpointSaver` does),
+    saves and stops. Previous handlers are restored on exit. Must be entered in the main thread.
+
+    Args:
+        signals: Signals to catch (default SIGUSR1 and SIGTERM).
+        requeue: When True and inside Slurm, :meth:`requeue` (called by
+            :class:`CheckpointSaver` after saving) runs ``scontrol requeue $SLURM_JOB_ID``.
+            Leave False when the job script requeues on exit code 3 (the templates in
+            ``slurm/`` do), or the job would be requeued twice.
+
+    Attributes:
+        signum: The first signal received, or None.
+
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGUSR1, signal.SIGTERM), *,
+                 requeue: bool = False) -> None:
+        self.signals = tuple(signals)
+        self.requeue_on_signal = requeue
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def signalled(self) -> bool:
+        """True once one of the signals arrived."""
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        if self.signum is None:
+            self.signum = signum
+        logger.warning("received signal %s: will checkpoint and stop at the next block",
+                       signal.Signals(signum).name)
+
+    def __enter__(self) -> PreemptionHandler:
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous.clear()
+
+    def requeue(self) -> bool:
+        """Requeue the current Slurm job if asked to at construction and inside Slurm.
+
+        Returns:
+            True when ``scontrol requeue`` succeeded.
+
+        """
+        job = os.environ.get("SLURM_JOB_ID")
+        if not (self.requeue_on_signal and job):
+            return False
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
+                              check=False, timeout=60)
+        if proc.returncode:
+            logger.error("scontrol requeue %s failed: %s", job, proc.stderr.strip())
+            return False
+        logger.warning("requeued Slurm job %s", job)
+        return True
+
+
+class CheckpointSaver:
+    """Per-block solver callback: save periodically, and save-then-stop on pre-emption.
+
+    ``saver(state)`` saves ``state`` when ``every_seconds`` passed since the last save (or since
+    construction) or when ``handler`` caught a signal; after a signal it then raises
+    :class:`Preempted`. Use it as ``on_block=saver`` of a resumable solver, and
+    :meth:`load` to get the state to resume from.
+
+    Args:
+        path: Checkpoint file.
+        fingerprint: From :func:`fingerprint`, for the problem being solved.
+        every_seconds: Minimum interval between periodic saves; ``math.inf`` saves only on a
+            signal, 0 at every call.
+        handler: The active :class:`PreemptionHandler`, or None (periodic saves only).
+        clock: Monotonic time source (for tests).
+
+    Attributes:
+        saves: Number of checkpoints written.
+
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str, *, every_seconds: float = 300.0,
+                 handler: PreemptionHandler | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (every_seconds >= 0):
+            msg = f"every_seconds must be >= 0; got {every_seconds!r}"
+            raise ValueError(msg)
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.every_seconds = float(every_seconds)
+        self.handler = handler
+        self._clock = clock
+        self._last = clock()
+        self.saves = 0
+
+    def load(self) -> Any | None:
+        """Return the saved state, or None when there is no checkpoint file yet.
+
+        Raises:
+            CheckpointError: If the file exists but is unusable (see :func:`load_checkpoint`).
+
+        """
+        if not self.path.exists():
+            return None
+        state = load_checkpoint(self.path, fingerprint=self.fingerprint)
+        logger.info("resuming from checkpoint %s", self.path)
+        return state
+
+    def save(self, state: Any) -> None:
+        """Save ``state`` now."""
+        save_checkpoint(self.path, state, fingerprint=self.fingerprint)
+        self._last = self._clock()
+        self.saves += 1
+
+    def __call__(self, state: Any) -> None:
+        """Save if due; raise :class:`Preempted` after saving if a signal arrived.
+
+        Raises:
+            Preempted: After saving, when the handler caught a signal.
+
+        """
+        signalled = self.handler is not None and self.handler.signalled
+        due = math.isfinite(self.every_seconds) and (
+            self._clock() - self._last >= self.every_seconds)
+        if signalled or due:
+            self.save(state)
+        if signalled:
+            assert self.handler is not None
+            self.handler.requeue()
+            sig = self.handler.signum
+            name = signal.Signals(sig).name if sig is not None else "signal"
+            msg = f"pre-empted by {name}; state saved to {self.path}"
+            raise Preempted(msg, path=self.path, signum=sig)
+
+    def remove(self) -> None:
+        """Delete the checkpoint file (after the final result is safely written)."""
+        self.path.unlink(missing_ok=True)

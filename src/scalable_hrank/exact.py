@@ -1,0 +1,122 @@
+"""Exact numerical ranks from dense float64 curvature matrices (the reference for all else)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scalable_hrank.operators import CurvatureOperator, parameter_space
+from scalable_hrank.operators.losses import LossFn
+from scalable_hrank.result import RankResult, find_gap, rank_curve
+from scalable_hrank.threshold import check_thresholds, resolve_threshold
+
+#: Default cap on the memory the dense eigendecomposition may take (bytes).
+DEFAULT_DENSE_MEMORY = 4 * 2**30
+
+
+def dense_memory_bytes(n: int, kind: str) -> int:
+    """Bytes for the dense path: matrix, symmetrized copy and eigvalsh workspace.
+
+    Doubled for kinds other than "loss", whose threshold needs the dense H_L as well.
+    """
+    per_matrix = 3 * 8 * n * n
+    return per_matrix * (1 if kind == "loss" else 2)
+
+
+def float64_copy(model: nn.Module,
+                 params: None | Sequence[str] | Sequence[nn.Parameter]) -> tuple[nn.Module, Any]:
+    """Deep-copy ``model`` to float64; parameter objects in ``params`` become their names."""
+    if params is not None and not isinstance(params, str) and all(
+            isinstance(p, torch.Tensor) for p in params):
+        ids = {id(p) for p in params}
+        params = [n for n, p in model.named_parameters() if id(p) in ids]
+    return copy.deepcopy(model).to(torch.float64), params
+
+
+def symmetric_eigvals(matrix: Tensor) -> tuple[Tensor, float]:
+    """Eigenvalues (descending, float64, CPU) of the symmetric part, and max |M - M^T|.
+
+    The asymmetry measures the rounding error of the products.
+    """
+    m = matrix.double()
+    asym = float((m - m.T).abs().max()) if m.numel() else 0.0
+    vals = torch.linalg.eigvalsh((m + m.T) / 2).flip(0).cpu()
+    return vals, asym
+
+
+def exact_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss", *,
+               params: None | Sequence[str] | Sequence[nn.Parameter] = None,
+               rtol: float | None = None, atol: float | None = None,
+               max_memory_bytes: int = DEFAULT_DENSE_MEMORY) -> RankResult:
+    """Numerical rank from the dense float64 matrix and its full eigendecomposition.
+
+    The model and data are copied to float64; the matrix is built from P products with unit
+    vectors (the same operator as the matrix-free methods), symmetrized, and diagonalized
+    with ``torch.linalg.eigvalsh``.
+
+    Args:
+        model: The network (copied to float64; the original is untouched).
+        loss: "mse", "cross_entropy", "logcosh" or a callable (see ``curvature_operator``).
+        data: An (inputs, targets) pair or an iterable of pairs.
+        kind: "loss" (H_L), "outer" (H_O) or "functional" (H_F).
+        params: None (all trainable), name globs, or the model's parameter objects.
+        rtol: Threshold relative to sigma_max(H_L). Default P * eps(float64).
+        atol: Absolute threshold; with both, the larger applies.
+        max_memory_bytes: Refuse when the dense path needs more (see
+            :func:`dense_memory_bytes`); raise it deliberately for larger models.
+
+    Returns:
+        RankResult with method "exact", certified=True, all eigenvalues (descending).
+
+    Cost: P products (2P for kind "outer"/"functional": H_L gives the scale), O(P^3) flops.
+
+    Raises:
+        ValueError: Bad threshold, the memory estimate exceeds ``max_memory_bytes``, and every
+            error of :class:`~scalable_hrank.CurvatureOperator`.
+    """
+    start = time.perf_counter()
+    check_thresholds(rtol, atol)
+    space, _ = parameter_space(model, params)
+    need = dense_memory_bytes(space.size, kind)
+    if need > max_memory_bytes:
+        msg = (f"the dense {kind} Hessian of P={space.size} parameters needs about "
+               f"{need / 2**30:.1f} GiB (limit {max_memory_bytes / 2**30:.1f} GiB); use "
+               "estimate_rank, select fewer params, or raise max_memory_bytes")
+        raise ValueError(msg)
+    model64, params64 = float64_copy(model, params)
+    op = CurvatureOperator(model64, loss, data, kind, params=params64)
+    vals, asym = symmetric_eigvals(op.to_dense())
+    matvecs = op.matvecs
+    if kind == "loss":
+        scale = float(vals.abs().max()) if vals.numel() else 0.0
+    else:
+        op_loss = CurvatureOperator(model64, loss, data, "loss", params=params64)
+        loss_vals, _ = symmetric_eigvals(op_loss.to_dense())
+        scale = float(loss_vals.abs().max())
+        matvecs += op_loss.matvecs
+    n = op.size
+    tol = resolve_threshold(scale, n, torch.float64, rtol, atol)
+    mags = vals.abs()
+    rank = int((mags > tol).sum())
+    floor = n * torch.finfo(torch.float64).eps * scale
+    gap = find_gap(mags.tolist(), floor=floor)
+    notes: list[str] = []
+    if gap is None:
+        notes.append("no spectral gap (ratio >= 1e3) above the float64 noise floor: the rank "
+                     "depends on the threshold; read rank_curve")
+    elif not (gap[0] <= tol < gap[1]):
+        notes.append(f"threshold {tol:.3g} lies outside the largest gap "
+                     f"({gap[0]:.3g}, {gap[1]:.3g})")
+    return RankResult(
+        rank=rank, n=n, kind=kind, method="exact", tol=tol, scale=scale, matvecs=matvecs,
+        seconds=time.perf_counter() - start, certified=True, rank_low=rank, rank_high=rank,
+        eigenvalues=tuple(vals.tolist()),
+        inertia=(int((vals > tol).sum()), int((vals < -tol).sum())),
+        noise_floor=asym, rank_curve=rank_curve(mags.tolist(), scale), gap=gap,
+        notes=tuple(notes), dtype=str(torch.float64), device=str(op.device),
+    )
