@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +50,88 @@ def symmetric_eigvals(matrix: Tensor) -> tuple[Tensor, float]:
     return vals, asym
 
 
+def exact_ranks(model: nn.Module, loss: str | LossFn, data: Any,
+                kinds: Sequence[str] = ("loss", "outer", "functional"), *,
+                params: None | Sequence[str] | Sequence[nn.Parameter] = None,
+                rtol: float | None = None, atol: float | None = None,
+                max_memory_bytes: int = DEFAULT_DENSE_MEMORY) -> dict[str, RankResult]:
+    """:func:`exact_rank` for several kinds, building the dense H_L (the scale) only once.
+
+    Args:
+        model: The network (copied to float64).
+        loss: Loss name or callable.
+        data: An (inputs, targets) pair or an iterable of pairs.
+        kinds: Which of "loss", "outer", "functional".
+        params: Parameter selection.
+        rtol: Threshold relative to sigma_max(H_L).
+        atol: Absolute threshold.
+        max_memory_bytes: Refuse beyond this estimate.
+
+    Returns:
+        Kind -> RankResult. Cost: P products per kind, plus P for H_L if not among ``kinds``.
+    """
+    dense = _DenseCache(model, loss, data, params, max_memory_bytes)
+    return {k: _rank_from_dense(dense, k, rtol, atol) for k in kinds}
+
+
+class _DenseCache:
+    """Dense float64 matrices of one model, built on demand and kept (the scale is shared)."""
+
+    def __init__(self, model: nn.Module, loss: str | LossFn, data: Any, params: Any,
+                 max_memory_bytes: int) -> None:
+        space, _ = parameter_space(model, params)
+        need = dense_memory_bytes(space.size, "functional")
+        if need > max_memory_bytes:
+            msg = (f"the dense Hessians of P={space.size} parameters need about "
+                   f"{need / 2**30:.1f} GiB (limit {max_memory_bytes / 2**30:.1f} GiB); use "
+                   "estimate_rank, select fewer params, or raise max_memory_bytes")
+            raise ValueError(msg)
+        self.model, self.params = float64_copy(model, params)
+        self.loss, self.data = loss, data
+        self._eig: dict[str, tuple[Tensor, float, int, str]] = {}
+
+    def eig(self, kind: str) -> tuple[Tensor, float, int, str]:
+        """(eigenvalues descending, asymmetry, products spent, device) of one kind."""
+        if kind not in self._eig:
+            op = CurvatureOperator(self.model, self.loss, self.data, kind, params=self.params)
+            vals, asym = symmetric_eigvals(op.to_dense())
+            self._eig[kind] = (vals, asym, op.matvecs, str(op.device))
+        return self._eig[kind]
+
+
+def _rank_from_dense(dense: _DenseCache, kind: str, rtol: float | None,
+                     atol: float | None) -> RankResult:
+    start = time.perf_counter()
+    check_thresholds(rtol, atol)
+    built = kind in dense._eig
+    vals, asym, matvecs, device = dense.eig(kind)
+    spent = 0 if built else matvecs
+    if "loss" not in dense._eig:
+        spent += dense.eig("loss")[2]
+    loss_vals = dense.eig("loss")[0]
+    scale = float(loss_vals.abs().max()) if loss_vals.numel() else 0.0
+    n = vals.numel()
+    tol = resolve_threshold(scale, n, torch.float64, rtol, atol)
+    mags = vals.abs()
+    rank = int((mags > tol).sum())
+    gap = find_gap(mags.tolist(), floor=n * torch.finfo(torch.float64).eps * scale)
+    notes: list[str] = []
+    if gap is None:
+        notes.append("no spectral gap (ratio >= 1e3) above the float64 noise floor: the rank "
+                     "depends on the threshold; read rank_curve")
+    elif not (gap[0] <= tol < gap[1]):
+        notes.append(f"threshold {tol:.3g} lies outside the largest gap "
+                     f"({gap[0]:.3g}, {gap[1]:.3g})")
+    return RankResult(
+        rank=rank, n=n, kind=kind, method="exact", tol=tol, scale=scale, matvecs=spent,
+        seconds=time.perf_counter() - start, certified=True, rank_low=rank, rank_high=rank,
+        eigenvalues=tuple(vals.tolist()),
+        inertia=(int((vals > tol).sum()), int((vals < -tol).sum())),
+        noise_floor=asym, rank_curve=rank_curve(mags.tolist(), scale), gap=gap,
+        notes=tuple(notes), dtype=str(torch.float64), device=device,
+    )
+
+
 def exact_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss", *,
                params: None | Sequence[str] | Sequence[nn.Parameter] = None,
                rtol: float | None = None, atol: float | None = None,
@@ -88,35 +171,6 @@ def exact_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "los
                f"{need / 2**30:.1f} GiB (limit {max_memory_bytes / 2**30:.1f} GiB); use "
                "estimate_rank, select fewer params, or raise max_memory_bytes")
         raise ValueError(msg)
-    model64, params64 = float64_copy(model, params)
-    op = CurvatureOperator(model64, loss, data, kind, params=params64)
-    vals, asym = symmetric_eigvals(op.to_dense())
-    matvecs = op.matvecs
-    if kind == "loss":
-        scale = float(vals.abs().max()) if vals.numel() else 0.0
-    else:
-        op_loss = CurvatureOperator(model64, loss, data, "loss", params=params64)
-        loss_vals, _ = symmetric_eigvals(op_loss.to_dense())
-        scale = float(loss_vals.abs().max())
-        matvecs += op_loss.matvecs
-    n = op.size
-    tol = resolve_threshold(scale, n, torch.float64, rtol, atol)
-    mags = vals.abs()
-    rank = int((mags > tol).sum())
-    floor = n * torch.finfo(torch.float64).eps * scale
-    gap = find_gap(mags.tolist(), floor=floor)
-    notes: list[str] = []
-    if gap is None:
-        notes.append("no spectral gap (ratio >= 1e3) above the float64 noise floor: the rank "
-                     "depends on the threshold; read rank_curve")
-    elif not (gap[0] <= tol < gap[1]):
-        notes.append(f"threshold {tol:.3g} lies outside the largest gap "
-                     f"({gap[0]:.3g}, {gap[1]:.3g})")
-    return RankResult(
-        rank=rank, n=n, kind=kind, method="exact", tol=tol, scale=scale, matvecs=matvecs,
-        seconds=time.perf_counter() - start, certified=True, rank_low=rank, rank_high=rank,
-        eigenvalues=tuple(vals.tolist()),
-        inertia=(int((vals > tol).sum()), int((vals < -tol).sum())),
-        noise_floor=asym, rank_curve=rank_curve(mags.tolist(), scale), gap=gap,
-        notes=tuple(notes), dtype=str(torch.float64), device=str(op.device),
-    )
+    dense = _DenseCache(model, loss, data, params, max_memory_bytes=2**62)
+    res = _rank_from_dense(dense, kind, rtol, atol)
+    return dataclasses.replace(res, seconds=time.perf_counter() - start)

@@ -109,11 +109,9 @@ class BatchSource:
             if first is None:
                 msg = f"batch {i} has no tensor among its inputs"
                 raise ValueError(msg)
+            # Samples are what the loss averages over: the rows of the targets (for a masked
+            # LM that is the masked tokens, not the sentences of the inputs).
             size = int(y.shape[0]) if y.dim() else 1
-            if first.dim() == 0 or first.shape[0] != size:
-                msg = (f"batch {i}: inputs hold {first.shape[0] if first.dim() else 1} samples "
-                       f"but targets hold {size}")
-                raise ValueError(msg)
             if size == 0:
                 continue
             fp = _fingerprint(x, y)

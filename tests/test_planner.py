@@ -1,0 +1,110 @@
+"""Tests of scalable_hrank.planner: memory estimates, method choice, refusals, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from scalable_hrank.planner import (
+    PlanError,
+    available_memory,
+    format_bytes,
+    measure_activation_bytes,
+    plan,
+    product_dtype,
+    tf32_disabled,
+)
+
+MiB = 2**20
+
+
+def mlp(dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5)).to(dtype)
+
+
+def batch(dtype=torch.float32):
+    return torch.randn(4, 10, dtype=dtype), torch.randint(5, (4,))
+
+
+def test_measure_activation_bytes_counts_saved_tensors_once():
+    # addmm saves the input (4x10) for the weight gradient; ReLU saves its output (4x20),
+    # which the second addmm saves again (same storage): 4 * (10 + 20) floats.
+    assert measure_activation_bytes(mlp(), batch()) == 4 * 4 * (10 + 20)
+
+
+def test_auto_picks_exact_for_small_n():
+    p = plan(mlp(), 325, batch(), "auto", torch.float64, "cpu", memory_bytes=64 * MiB)
+    assert p.method == "exact" and p.storage_bytes == 2 * 8 * 325**2
+    assert p.total_bytes <= p.available_bytes and p.expected_products == 325
+    assert "auto chose exact" in p.notes
+    assert p.to_dict()["method"] == "exact" and "exact" in p.summary()
+
+
+def test_auto_picks_sketch_then_density():
+    n = 10**6
+    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=400 * MiB,
+             activation_bytes=MiB)
+    assert p.method == "sketch" and p.block_size == 8
+    # Room: 400 MiB - 10 MiB activations - model - 2 blocks of 8 -> about 80 basis vectors.
+    assert 60 <= p.max_rank <= 80
+    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=400 * MiB,
+             activation_bytes=MiB, expected_rank=500)
+    assert p.method == "density" and p.storage_bytes == 3 * 8 * n * 4
+
+
+def test_block_size_lowered_to_fit():
+    n = 10**6
+    p = plan(mlp(), n, batch(), "sketch", torch.float32, "cpu", memory_bytes=100 * MiB,
+             activation_bytes=MiB, expected_rank=8, block_size=8)
+    assert p.block_size < 8 and any("lowered" in s for s in p.notes)
+    assert p.total_bytes <= 100 * MiB
+
+
+def test_refuses_with_numbers_and_fixes():
+    with pytest.raises(PlanError) as info:
+        plan(mlp(), 10**7, batch(), "exact", torch.float64, "cpu", memory_bytes=MiB)
+    msg = str(info.value)
+    assert "does not fit in 1.00 MiB" in msg and "n = 10,000,000" in msg
+    assert "--params" in msg and "density" in msg
+    assert isinstance(info.value, ValueError) and info.value.available == MiB
+    assert info.value.needed > MiB
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method"):
+        plan(mlp(), 10, batch(), "svd")
+    with pytest.raises(ValueError, match=">= 1"):
+        plan(mlp(), 0, batch())
+
+
+def test_low_precision_upcast_and_budget():
+    m = mlp(torch.bfloat16)
+    p = plan(m, 325, batch(torch.bfloat16), "auto", None, "cpu", memory_bytes=64 * MiB)
+    assert p.dtype == "torch.float32" and not p.low_precision
+    assert any("upcast" in s for s in p.notes)
+    p = plan(m, 325, batch(torch.bfloat16), "auto", None, "cpu", memory_bytes=64 * MiB,
+             allow_low_precision=True)
+    assert p.dtype == "torch.bfloat16" and p.low_precision
+    assert p.error_budget == pytest.approx(10 * torch.finfo(torch.bfloat16).eps)
+    with pytest.raises(ValueError, match="allow_low_precision"):
+        product_dtype(torch.float32, torch.float16)
+    assert product_dtype(torch.float64)[0] == torch.float64
+
+
+def test_tf32_disabled_restores():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with tf32_disabled():
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_available_memory_and_format():
+    assert available_memory("cpu") > 0
+    assert format_bytes(3 * 2**30) == "3.00 GiB" and format_bytes(12) == "12 B"
