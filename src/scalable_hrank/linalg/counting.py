@@ -1,0 +1,394 @@
+"""Shared pieces of the spectral-density rank counts (SLQ and KPM).
+
+Rademacher probes, the smooth step that turns a count into a trace, gap detection on a
+weighted set of eigenvalue nodes, step planning from the spread ``kappa`` and the
+confidence interval that combines probe variance with resolution bias.
+
+The count of eigenvalues with ``|lambda| > tau`` is ``tr g(A)`` for the step
+``g = 1{|x| > tau}``; with a spectral gap ``(tau, delta)`` any ``g`` that is 0 on
+``|x| <= tau`` and 1 on ``|x| >= delta`` gives the same trace, so a smooth one is used
+(Ubaru & Saad 2016; Ubaru, Chen & Saad 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+from scalable_hrank._validation import bad_value
+from scalable_hrank.linalg._types import MatMat, Reduce
+
+__all__ = [
+    "DensityRank",
+    "count_interval",
+    "detect_gap",
+    "normal_quantile",
+    "rademacher",
+    "smooth_step",
+    "steps_for_kappa",
+]
+
+
+@dataclass(frozen=True)
+class DensityRank:
+    """Rank count from a spectral density (SLQ or KPM), with its error budget.
+
+    Attributes:
+        estimate: Estimated count of eigenvalues with ``|lambda| > tau`` (float).
+        rank: ``round(estimate)``.
+        rank_low: Lower end of the interval (probe variance plus resolution bias).
+        rank_high: Upper end of the interval.
+        confidence: Nominal level of ``[rank_low, rank_high]`` for the probe part.
+        probe_std: Sample standard deviation of the per-probe estimates (nan for one probe).
+        resolution_bias: ``|estimate(k) - estimate(0.75 k)|``: change of the count between
+            the full and the three-quarter depth (steps for SLQ, degree for KPM).
+        num_matvecs: Products with A spent (a block of k columns counts k), bounds included.
+        num_steps: Lanczos steps per probe (SLQ) or Chebyshev degree (KPM).
+        num_probes: Rademacher probes.
+        converged: True when ``resolution_bias`` is within the requested tolerance.
+        steps_needed: Estimated steps (degree) per probe needed to converge; equal to
+            ``num_steps`` when converged.
+        matvecs_needed: Products that ``steps_needed`` implies (probes x steps + extras).
+        tau: Threshold: eigenvalues with ``|lambda| > tau`` are counted.
+        delta: Where the smooth step reaches 1 (upper end of the gap, or ``2 tau``).
+        gap: ``(lower, upper)`` of the detected or given gap, None when no gap was found.
+        lambda_max: Estimate of ``max |lambda|`` used for planning (padded Ritz value).
+        kappa: ``lambda_max / (delta - tau)``: the spread that sets the steps.
+        num_deflated: Columns of the deflation block (0 without deflation).
+        deflated_count: Deflated Ritz values with ``|theta| > tau`` (already in ``estimate``).
+        probe_estimates: Per-probe counts, shape (num_probes,), float64.
+        nodes: SLQ: Ritz values, shape (num_probes, num_steps), float64, padded with 0
+            after a breakdown. KPM: grid points, shape (1, G).
+        weights: Same shape as ``nodes``: quadrature weights (SLQ; each row sums to 1)
+            or mass per grid cell (KPM). Zero on padding.
+        method: "slq" or "kpm".
+        notes: Human-readable remarks (no gap, breakdowns, budget).
+    """
+
+    estimate: float
+    rank: int
+    rank_low: int
+    rank_high: int
+    confidence: float
+    probe_std: float
+    resolution_bias: float
+    num_matvecs: int
+    num_steps: int
+    num_probes: int
+    converged: bool
+    steps_needed: int
+    matvecs_needed: int
+    tau: float
+    delta: float
+    gap: tuple[float, float] | None
+    lambda_max: float
+    kappa: float
+    num_deflated: int = 0
+    deflated_count: int = 0
+    probe_estimates: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    nodes: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
+    weights: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
+    method: str = "slq"
+    notes: tuple[str, ...] = ()
+
+
+def rademacher(n: int, num_probes: int, *, generator: torch.Generator,
+               dtype: torch.dtype = torch.float64,
+               device: torch.device | str = "cpu") -> Tensor:
+    """Draw ``num_probes`` Rademacher vectors (entries +-1) as the columns of a block.
+
+    Drawn on the CPU from ``generator`` and then moved, so every device and every process
+    draws the same numbers for the same generator state.
+
+    Args:
+        n: Vector length.
+        num_probes: Number of columns m.
+        generator: A CPU ``torch.Generator``; its state advances.
+        dtype: Floating dtype of the result.
+        device: Device of the result.
+
+    Returns:
+        Tensor of shape (n, m), entries +-1, ``dtype`` on ``device``.
+
+    Raises:
+        ValueError: If ``n`` or ``num_probes`` is below 1.
+    """
+    if n < 1 or num_probes < 1:
+        err = bad_value("(n, num_probes)", "positive integers", (n, num_probes))
+        raise err
+    bits = torch.randint(0, 2, (n, num_probes), generator=generator, dtype=torch.int8)
+    return (2 * bits - 1).to(dtype=dtype, device=device)
+
+
+def smooth_step(x: Tensor, lower: float, upper: float, *, profile: str = "linear") -> Tensor:
+    """Smooth step of ``|x|``: 0 for ``|x| <= lower``, 1 for ``|x| >= upper``, C^1 between.
+
+    The transition is the cubic ``3 t^2 - 2 t^3`` in ``t = (|x| - lower)/(upper - lower)``
+    ("linear") or in ``t = log(|x|/lower)/log(upper/lower)`` ("log", needs ``lower > 0``).
+    The linear profile is the easier one for polynomials (quadrature, Chebyshev), since
+    the transition is as wide as the gap allows.
+
+    Args:
+        x: Tensor of any shape (float64 recommended).
+        lower: Threshold tau >= 0.
+        upper: Where the step reaches 1; must exceed ``lower``.
+        profile: "linear" or "log".
+
+    Returns:
+        Tensor like ``x`` with values in [0, 1].
+
+    Raises:
+        ValueError: If ``upper <= lower``, or ``profile`` is unknown, or "log" with
+            ``lower <= 0``.
+    """
+    if not upper > lower:
+        err = bad_value("upper", f"> lower = {lower!r}", upper)
+        raise err
+    a = x.abs()
+    if profile == "linear":
+        t = (a - lower) / (upper - lower)
+    elif profile == "log":
+        if lower <= 0:
+            err = bad_value("lower", "> 0 for the log profile", lower)
+            raise err
+        t = torch.log(a.clamp_min(lower) / lower) / math.log(upper / lower)
+    else:
+        err = bad_value("profile", "'linear' or 'log'", profile)
+        raise err
+    t = t.clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def steps_for_kappa(kappa: float, psd: bool) -> int:
+    """Lanczos steps per probe that resolve a count at spread ``kappa``.
+
+    ``kappa = lambda_max / width`` with ``width`` the distance the smooth step must
+    resolve. Zero is an edge of a PSD spectrum, so the polynomial degree grows like
+    ``sqrt(kappa)``; for an indefinite one zero is interior and it grows like ``kappa``.
+    The constants reproduce the measured first step counts with count error < 1 at
+    n = 3000 (PSD: 10, 30, 60-80 steps at kappa = 10, 100, 1e3; indefinite: 70, 260
+    at kappa = 10, 100; notes/algos.md section 3.3), rounded up.
+
+    Args:
+        kappa: Spread, >= 1.
+        psd: Whether the operator is positive semidefinite.
+
+    Returns:
+        Steps per probe (>= 8).
+
+    Raises:
+        ValueError: If ``kappa`` is not a finite number >= 1.
+    """
+    if not (math.isfinite(kappa) and kappa >= 1):
+        err = bad_value("kappa", "a finite number >= 1", kappa)
+        raise err
+    k = 3.0 * math.sqrt(kappa) + 8.0 if psd else 3.0 * kappa + 40.0
+    return max(8, math.ceil(k))
+
+
+def normal_quantile(confidence: float) -> float:
+    """Two-sided standard normal quantile: ``z`` with ``P(|Z| <= z) = confidence``.
+
+    Raises:
+        ValueError: If ``confidence`` is not in (0, 1).
+    """
+    if not 0.0 < confidence < 1.0:
+        err = bad_value("confidence", "in (0, 1)", confidence)
+        raise err
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: float,
+                   floor: int = 0) -> tuple[float, float, int, int]:
+    """Mean count and interval from per-probe estimates plus a resolution bias.
+
+    The probe half-width is ``z * sigma / sqrt(m)`` with ``z`` the normal quantile and
+    ``sigma = max(s, sqrt(2 c (1 - c/n)))``: ``s`` is the sample standard deviation and
+    the second term bounds the Rademacher standard deviation of ``z^T P z`` for any
+    projector P of rank c (``Var = 2 (c - sum P_ii^2) <= 2 c (1 - c/n)``), which keeps
+    the interval honest with two or three probes. The bias is added linearly (it is
+    not random).
+
+    Args:
+        probe_estimates: Per-probe counts, shape (m,), float64.
+        n: Operator size (vector length).
+        bias: Resolution bias >= 0 (from the convergence check).
+        confidence: Level in (0, 1) of the probe part.
+        floor: Counts known exactly (deflated part); the interval never goes below it.
+
+    Returns:
+        ``(mean, probe_std, low, high)``; ``probe_std`` is nan for one probe.
+    """
+    est = probe_estimates.to(torch.float64)
+    m = est.numel()
+    mean = float(est.mean())
+    s = float(est.std()) if m > 1 else math.nan
+    c = min(max(mean, 0.0), float(n))
+    sigma = math.sqrt(2.0 * c * (1.0 - c / n))
+    if m > 1 and math.isfinite(s):
+        sigma = max(sigma, s)
+    half = normal_quantile(confidence) * sigma / math.sqrt(m) + abs(bias)
+    low = max(floor, math.floor(mean - half))
+    high = min(n, math.ceil(mean + half))
+    low = min(low, n)
+    high = max(high, low)
+    return mean, s, int(low), int(high)
+
+
+def detect_gap(nodes: Tensor, weights: Tensor, tau: float, *, n: int, ratio: float = 10.0,
+               search_mass: float = 0.25, min_count: float = 0.5,
+               drop_atom: bool = True) -> tuple[float, float] | None:
+    """Find the spectral gap just above ``tau`` from a weighted set of nodes.
+
+    Nodes with ``|theta| > tau`` that stand for at least ``min_count`` eigenvalues
+    (``n * weight``, weights averaged over probes) are sorted by magnitude; together
+    with ``tau`` itself, the largest ratio between consecutive magnitudes within the
+    lowest ``search_mass`` of the counted mass is the gap (the search is kept low so
+    that the gap between the bulk and the top outliers is not taken). Unconverged
+    Gauss nodes inside a gap carry little weight, and there are at most two of them per
+    probe and gap, so they rarely split it. The heavy node nearest zero of each probe (the
+    null atom, which wanders before convergence: notes/algos.md finding 5) is skipped.
+
+    Args:
+        nodes: Node positions, shape (m, k) or (k,), float64.
+        weights: Weights of the same shape; each row sums to 1 (one probe each).
+        tau: Threshold.
+        n: Operator size (turns weights into eigenvalue counts).
+        ratio: Minimum ratio upper/lower for a gap.
+        search_mass: Fraction of the counted mass searched, from below.
+        min_count: Minimum ``n * weight`` (of its own probe) of a candidate node.
+        drop_atom: Skip each probe's node nearest zero when its weight exceeds twice the
+            mean weight of that probe.
+
+    Returns:
+        ``(lower, upper)`` with ``lower >= tau``, or None when no ratio reaches ``ratio``.
+    """
+    nodes = nodes.reshape(-1, nodes.shape[-1]) if nodes.dim() > 1 else nodes.reshape(1, -1)
+    weights = weights.reshape(nodes.shape).to(torch.float64)
+    m, k = nodes.shape
+    absn = nodes.abs().to(torch.float64)
+    keep = weights > 0
+    if drop_atom:
+        # the node nearest zero of each probe stands for the null atom; before convergence
+        # it wanders above tau, so a heavy one (> twice the mean weight) is no candidate
+        j = torch.where(keep, absn, torch.inf).argmin(1)
+        rows = torch.arange(m)
+        heavy = weights[rows, j] > 2.0 / keep.sum(1).clamp_min(1)
+        keep[rows[heavy], j[heavy]] = False
+    mags = absn.reshape(-1)
+    cnt = weights.reshape(-1) * n / m
+    keep = keep.reshape(-1) & (mags > tau) & (cnt * m >= min_count)
+    mags, cnt = mags[keep], cnt[keep]
+    if mags.numel() == 0:
+        return None
+    order = torch.argsort(mags)
+    mags, cnt = mags[order], cnt[order]
+    cum = torch.cumsum(cnt, 0)
+    last = int(torch.searchsorted(cum, search_mass * float(cum[-1]))) + 1
+    pts = torch.cat([torch.tensor([tau], dtype=torch.float64), mags[:last + 1]])
+    if tau <= 0:
+        pts = pts[1:]
+        if pts.numel() < 2:
+            return None
+    ratios = pts[1:] / pts[:-1]
+    j = int(torch.argmax(ratios))
+    if float(ratios[j]) < ratio:
+        return None
+    return float(pts[j]), float(pts[j + 1])
+
+
+# --- lock-step Lanczos without a basis (shared by SLQ and the KPM spectrum bounds) ---
+
+def _dot(x: Tensor, y: Tensor, reduce: Reduce) -> Tensor:
+    """Column-wise inner products, float64, summed over processes."""
+    d = (x * y).sum(0, dtype=torch.float64)
+    return d if reduce is None else reduce(d)
+
+
+@dataclass
+class _LanczosState:
+    """Lock-step Lanczos on m probes: 3 vectors per probe, no basis."""
+
+    v_prev: Tensor  # (n, m), operator dtype
+    v: Tensor  # (n, m)
+    beta_prev: Tensor  # (m,), float64
+    alphas: list[Tensor]  # each (m,), float64
+    betas: list[Tensor]  # each (m,), float64; betas[j] couples steps j and j + 1
+    lengths: Tensor  # (m,), int64: steps done per probe (frozen at a breakdown)
+    active: Tensor  # (m,), bool
+    scale: Tensor  # (m,), float64: max |T| entry seen, for the breakdown test
+    num_matvecs: int = 0
+
+
+def _start(z: Tensor, reduce: Reduce) -> tuple[_LanczosState, Tensor]:
+    m = z.shape[1]
+    sq = _dot(z, z, reduce)
+    v = z / sq.sqrt().to(z.dtype)
+    f64 = dict(dtype=torch.float64)
+    state = _LanczosState(v_prev=torch.zeros_like(v), v=v, beta_prev=torch.zeros(m, **f64),
+                          alphas=[], betas=[], lengths=torch.zeros(m, dtype=torch.int64),
+                          active=torch.ones(m, dtype=torch.bool), scale=torch.zeros(m, **f64))
+    return state, sq
+
+
+def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> None:
+    """Run ``steps`` more lock-step Lanczos steps on the active probes."""
+    dt = state.v.dtype
+    tol = torch.finfo(dt).eps ** 0.7
+    for _ in range(steps):
+        idx = torch.nonzero(state.active).flatten()
+        if idx.numel() == 0:
+            return
+        v, vp = state.v[:, idx], state.v_prev[:, idx]
+        bp = state.beta_prev[idx]
+        w = op(v)
+        state.num_matvecs += idx.numel()
+        w = w - vp * bp.to(dt)
+        alpha = _dot(v, w, reduce)
+        w = w - v * alpha.to(dt)
+        # cheap local reorthogonalization against the two latest vectors (one reduce)
+        c = _dot(torch.cat([v, vp], 1), torch.cat([w, w], 1), reduce)
+        k = idx.numel()
+        w = w - v * c[:k].to(dt) - vp * c[k:].to(dt)
+        alpha = alpha + c[:k]
+        beta = _dot(w, w, reduce).clamp_min(0).sqrt()
+        a_full = torch.zeros_like(state.beta_prev)
+        b_full = torch.zeros_like(state.beta_prev)
+        a_full[idx], b_full[idx] = alpha, beta
+        state.alphas.append(a_full)
+        state.betas.append(b_full)
+        state.lengths[idx] += 1
+        state.scale[idx] = torch.maximum(state.scale[idx],
+                                         torch.maximum(alpha.abs(), torch.maximum(beta, bp)))
+        broke = beta <= tol * state.scale[idx]
+        safe = torch.where(broke, torch.ones_like(beta), beta)
+        state.v_prev[:, idx] = v
+        state.v[:, idx] = w / safe.to(dt)
+        state.beta_prev[idx] = beta
+        state.active[idx[broke]] = False
+
+
+def _ritz(state: _LanczosState, depth: int) -> tuple[Tensor, Tensor]:
+    """Gauss nodes and weights of every probe at ``depth`` steps (shorter after breakdown).
+
+    Returns:
+        ``(nodes, weights)``, each (m, depth), float64, zero-padded.
+    """
+    m = state.lengths.numel()
+    a = torch.stack(state.alphas, 1) if state.alphas else torch.zeros(m, 0, dtype=torch.float64)
+    b = torch.stack(state.betas, 1) if state.betas else a
+    nodes = torch.zeros(m, depth, dtype=torch.float64)
+    weights = torch.zeros(m, depth, dtype=torch.float64)
+    for i in range(m):
+        k = min(depth, int(state.lengths[i]))
+        if k == 0:
+            continue
+        t = torch.diag(a[i, :k]) + torch.diag(b[i, :k - 1], 1) + torch.diag(b[i, :k - 1], -1)
+        theta, s = torch.linalg.eigh(t)
+        nodes[i, :k] = theta
+        weights[i, :k] = s[0] ** 2
+    return nodes, weights

@@ -1,0 +1,353 @@
+"""Certified numerical rank by adaptive randomized block Krylov and Rayleigh-Ritz counting.
+
+Algorithm (shared/notes/algos.md sections 0 and 1.3): grow a block Krylov basis Q from a
+Gaussian start block with full reorthogonalization; count the Ritz values of B = Q^T A Q with
+``|theta| > tau``. In the basis [Q, Q_perp], ``A = [[B, R^T], [R, C]]`` with R the Krylov
+residual and C = (I - QQ^T) A (I - QQ^T) the deflated operator. ``A - diag(B, 0)`` has norm
+``<= ||R|| + ||C|| =: e``, so by Weyl every eigenvalue of A lies within e of the sorted
+eigenvalues of diag(B, 0) (the Ritz values and n - m zeros). If ``e < tau`` and no Ritz value
+has ``|theta|`` in ``[tau - e, tau + e]``, the count is exact. ``||C||`` is estimated by
+Lanczos from a fresh random start, inflated by ``1 / (1 - eps)``, eps = 0.25.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from scalable_hrank._validation import check_positive_int, check_tolerance
+from scalable_hrank.linalg import _block
+from scalable_hrank.linalg._block import KrylovState
+from scalable_hrank.linalg._types import MatMat, Reduce
+from scalable_hrank.linalg.orth import inner, project_out
+
+__all__ = ["KrylovRank", "KrylovState", "deflated_norm", "krylov_rank"]
+
+F64 = torch.float64
+#: Kuczynski-Wozniakowski slack: the Lanczos estimate is inflated by 1 / (1 - KW_EPS).
+KW_EPS = 0.25
+
+
+@dataclass(frozen=True)
+class KrylovRank:
+    """Numerical rank from :func:`krylov_rank`.
+
+    Attributes:
+        rank: ``#{|theta| > tol}`` over the Ritz values. Exact when ``certified``; otherwise a
+            certified lower bound (Cauchy interlacing, up to the product error).
+        rank_low: Equal to ``rank`` (the interlacing lower bound).
+        rank_high: Upper bound: ``rank`` when certified, else ``#{|theta| > tol - e}`` plus
+            ``n - basis_size`` when ``e >= tol`` (then nothing is known about the rest).
+        certified: True when ``e < tol`` (or ``e == 0``) and no Ritz value lies in
+            ``[tol - e, tol + e]``.
+        tol: The absolute threshold tau used.
+        ritz_values: Shape (m,) float64 on CPU, descending.
+        inertia: ``(#{theta > tol}, #{theta < -tol})``.
+        error_bound: e = residual + certificate estimate (``inf`` when no certificate ran).
+        residual_norm: Upper bound on ``||A Q - Q B||``.
+        sigma_max_estimate: Largest ``|theta|`` (a lower bound on ``||A||`` that converges fast).
+        noise_floor: Absolute product-noise estimate: relative asymmetry of B times
+            ``sigma_max_estimate`` (0 for exactly symmetric products).
+        basis_size: m.
+        num_matvecs: Products spent, certificate included (a block of k counts k).
+    """
+
+    rank: int
+    rank_low: int
+    rank_high: int
+    certified: bool
+    tol: float
+    ritz_values: Tensor
+    inertia: tuple[int, int]
+    error_bound: float
+    residual_norm: float
+    sigma_max_estimate: float
+    noise_floor: float
+    basis_size: int
+    num_matvecs: int
+
+
+def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
+                  generator: torch.Generator, reduce: Reduce = None,
+                  stop_tol: float = 0.0) -> tuple[float, int]:
+    """Lanczos estimate of ``||C||``, C = (I - QQ^T) A (I - QQ^T), from a random start.
+
+    Three-term recurrence (no stored basis: ghosts do not change the largest ``|Ritz|``), each
+    product projected out of Q twice; on an exact breakdown (``beta <= stop_tol``, e.g. C = 0)
+    it restarts from a fresh random vector until the budget is spent and keeps the maximum.
+    The estimate is a lower bound on ``||C||`` up to rounding; by Kuczynski and Wozniakowski
+    (1992), for PSD C and a Gaussian start,
+    ``P(theta_k < (1 - eps) ||C||) <= 1.648 sqrt(n) exp(-sqrt(eps) (2k - 1))``; with k = 40
+    and eps = 0.25 that is ``<= 1.2e-17 sqrt(n)`` (4e-13 at n = 1e9). For indefinite C it is
+    applied as a heuristic.
+
+    Args:
+        matmat: The operator.
+        basis: Q, shape (n, m), orthonormal.
+        num_matvecs: Lanczos steps k (products of one column).
+        generator: CPU generator for the start vector.
+        reduce: Sums inner products over processes.
+        stop_tol: Restart when a Lanczos coefficient falls to it (default: exact zero only;
+            a run on rounding noise is harmless, a premature stop is not).
+
+    Returns:
+        ``(theta, products)``: the largest ``|Ritz value|`` of C and the products spent.
+        Memory: 4 length-n vectors besides Q.
+    """
+    thetas: list[float] = []
+    used = 0
+    while used < num_matvecs:
+        theta, steps = _lanczos_run(matmat, basis, num_matvecs - used, generator, reduce,
+                                    stop_tol)
+        used += steps
+        thetas.append(theta)
+        if steps == 0:
+            break
+    return (max(thetas) if thetas else 0.0), used
+
+
+def _lanczos_run(matmat: MatMat, basis: Tensor, steps: int, generator: torch.Generator,
+                 reduce: Reduce, stop_tol: float) -> tuple[float, int]:
+    """One three-term Lanczos run on the deflated operator; stops on breakdown."""
+    n = basis.shape[0]
+    v = _block.draw(n, 1, generator, basis.dtype, basis.device)
+    v = project_out(v, basis, reduce, passes=2)
+    nrm = math.sqrt(float(inner(v, v, reduce, dtype=F64)))
+    if nrm == 0.0:
+        return 0.0, 0
+    v = v / nrm
+    prev = torch.zeros_like(v)
+    beta = 0.0
+    alphas: list[float] = []
+    betas: list[float] = []
+    for _ in range(steps):
+        w = matmat(v)
+        _block.check_product(v, w)
+        w = project_out(w, basis, reduce, passes=2)
+        alpha = float(inner(v, w, reduce, dtype=F64))
+        w = w - alpha * v - beta * prev
+        w = w - float(inner(v, w, reduce, dtype=F64)) * v
+        alphas.append(alpha)
+        beta = math.sqrt(max(float(inner(w, w, reduce, dtype=F64)), 0.0))
+        if beta <= stop_tol:
+            break
+        betas.append(beta)
+        prev, v = v, w / beta
+    k = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=F64))
+    if k > 1:
+        off = torch.tensor(betas[: k - 1], dtype=F64)
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(t).abs().max()), k
+
+
+def _default_rtol(n: int, dtype: torch.dtype) -> float:
+    rule = n * torch.finfo(F64).eps
+    return rule if dtype == F64 else max(rule, 1e-6)
+
+
+def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float | None = None,
+                block_size: int = 8, max_matvecs: int | None = None,
+                certificate_steps: int = 40, generator: torch.Generator,
+                dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                reduce: Reduce = None, state: KrylovState | None = None,
+                on_block: Callable[[KrylovState], None] | None = None) -> KrylovRank:
+    """Numerical rank ``#{|lambda| > tau}`` of a symmetric operator, with a certificate.
+
+    Adaptive randomized block Krylov (block Lanczos, full CGS2 reorthogonalization, Gaussian
+    start block drawn from ``generator`` on CPU; ``block_size=1`` is plain Lanczos) and a
+    Rayleigh-Ritz count. When the Krylov residual is below ``tau / 2`` and some Ritz value is
+    below the threshold, a certificate is attempted: ``e = ||R|| + theta_C / (1 - 0.25)`` with
+    ``theta_C`` a ``certificate_steps``-step Lanczos estimate of the deflated operator's norm
+    (:func:`deflated_norm`; failure probability ``<= 1.648 sqrt(n) exp(-0.5 (2k - 1))``, i.e.
+    ``1.2e-17 sqrt(n)`` for k = 40, rigorous for PSD operators, heuristic for indefinite). If
+    ``e < tau`` and no ``|theta|`` lies in ``[tau - e, tau + e]`` the count is exact by Weyl. A
+    failed certificate means more growth and a later retry; an invariant (empty) block is
+    continued with fresh random directions (multiplicities larger than the block size).
+
+    Args:
+        matmat: ``X (n, k) -> A X (n, k)`` in ``dtype`` on ``device``; A symmetric.
+        n: Operator size.
+        tol: Absolute threshold tau. Overrides ``rtol``.
+        rtol: Relative threshold: tau = rtol * (largest ``|theta|`` so far). Default when
+            neither is given: ``n * eps(float64)`` for float64, ``max(that, 1e-6)`` otherwise.
+        block_size: Block width b (batch of products per call).
+        max_matvecs: Product budget, certificate included. Default ``n + certificate_steps``.
+        certificate_steps: Lanczos steps of the certificate.
+        generator: CPU ``torch.Generator``; all randomness comes from it.
+        dtype: Basis / product dtype.
+        device: Where the basis lives (the operator's device).
+        reduce: Sums inner products over processes when vectors are sharded by rows.
+        state: A :class:`KrylovState` from ``on_block`` to resume; the result is bit-identical
+            to an uninterrupted run (the generator state is restored from it).
+        on_block: Called with the live state after every block (e.g. to checkpoint
+            ``state.snapshot()``); must not modify it.
+
+    Returns:
+        A :class:`KrylovRank`. With an exactly rank-r operator and separated nonzero
+        eigenvalues: about ``r + b`` products for the basis plus ``certificate_steps``.
+        Memory: ``(m + 3 b + 4)`` length-n vectors, m the final basis size (about r + b).
+        Budget exhausted: ``certified=False`` and ``rank`` is the certified lower bound.
+
+    Raises:
+        ValueError: For invalid arguments or a state from another problem.
+        TypeError: If ``generator`` is not a ``torch.Generator``.
+    """
+    check_positive_int("n", n)
+    check_positive_int("block_size", block_size)
+    check_positive_int("certificate_steps", certificate_steps, minimum=0)
+    tol = check_tolerance("tol", tol)
+    rtol = check_tolerance("rtol", rtol)
+    if not isinstance(generator, torch.Generator):
+        msg = f"generator must be a torch.Generator; got {type(generator).__name__}"
+        raise TypeError(msg)
+    if max_matvecs is None:
+        max_matvecs = n + certificate_steps
+    check_positive_int("max_matvecs", max_matvecs)
+    if tol is None and rtol is None:
+        rtol = _default_rtol(n, dtype)
+    eps = torch.finfo(dtype).eps
+
+    if state is None:
+        start = _block.draw(n, min(block_size, n), generator, dtype, device)
+        state = _block.init_state(n, block_size, start, generator, reduce)
+        state.extra.update(sigma=0.0, ritz=None, ritz_size=-1, cert_theta=math.inf,
+                           cert_size=-1, certified=False)
+    else:
+        if state.n != n or state.dtype != dtype or state.block_size != block_size:
+            msg = "state comes from a different problem (n, dtype or block_size differ)"
+            raise ValueError(msg)
+        generator.set_state(state.generator_state)
+    reserve = certificate_steps if max_matvecs >= certificate_steps + min(n, 2 * block_size) \
+        else 0
+    ex = state.extra
+
+    def tau_now() -> float:
+        return tol if tol is not None else rtol * ex["sigma"]
+
+    def drop_tol(scale: float, m: int) -> float:
+        t = tau_now()
+        base = 16.0 * math.sqrt(m + 1) * eps * scale
+        return min(base, 0.05 * t) if t > 0 else base
+
+    def update_ritz() -> Tensor:
+        if ex["ritz_size"] != state.size:
+            vals = torch.linalg.eigvalsh(state.projected).flip(0).cpu()
+            ex["ritz"], ex["ritz_size"] = vals, state.size
+            if vals.numel():
+                ex["sigma"] = max(ex["sigma"], float(vals.abs().max()))
+        return ex["ritz"]
+
+    def window_clear(vals: Tensor, t: float, e: float) -> bool:
+        if e == 0.0:
+            return True  # the eigenvalues are exactly those of diag(B, 0)
+        mags = vals.abs()
+        return not bool(((mags >= t - e) & (mags <= t + e)).any())
+
+    def certify() -> bool:
+        """Run the certificate at the current basis; record its estimate."""
+        res = _block.residual_bound(state)
+        if state.size >= n:
+            theta, used = 0.0, 0
+        else:
+            theta, used = deflated_norm(matmat, state.basis, num_matvecs=certificate_steps,
+                                        generator=generator, reduce=reduce)
+        state.num_matvecs += used
+        ex["cert_theta"] = min(ex["cert_theta"], theta)
+        ex["cert_size"] = state.size
+        e = res + ex["cert_theta"] / (1.0 - KW_EPS)
+        t = tau_now()
+        # e == 0: the eigenvalues are exactly those of diag(B, 0) (the zero operator).
+        ok = (e < t or e == 0.0) and window_clear(update_ritz(), t, e)
+        ex["certified"] = ok
+        return ok
+
+    while state.phase == "grow":
+        width = state.pending.shape[1]
+        room = max_matvecs - reserve - state.num_matvecs
+        k = min(width, room, n - state.size)
+        if k <= 0:
+            state.phase = "final"
+            break
+        _block.step(state, matmat, reduce, width=k, drop_tol=drop_tol)
+        res = _block.residual_bound(state)
+        m = state.size
+        grew = m - max(ex["ritz_size"], 0)
+        if ex["ritz_size"] < 0 or m <= 512 or grew >= 0.1 * m or res < 0.5 * tau_now():
+            update_ritz()
+        t = tau_now()
+        collapsed = state.pending.shape[1] == 0
+        if m >= n:
+            certify()
+            state.phase = "done"
+        else:
+            vals = ex["ritz"] if ex["ritz_size"] == m else None
+            below = vals is not None and (
+                (res < 0.5 * t and bool((vals.abs() < t - res).any()))
+                or (res == 0.0 and bool((vals == 0).all())))  # the zero operator, tau = 0
+            # After a failed certificate with a small residual (typically a multiplicity larger
+            # than the block), invariant blocks are continued by fresh random blocks without
+            # certificates until one is invariant at once (its first product adds nothing):
+            # then certify again.
+            immediate = ex.get("refilled_at", -1) == m - k
+            if collapsed:
+                due = not ex.get("multiplicity", False) or immediate
+            else:
+                due = (ex["cert_size"] < 0
+                       or m - ex["cert_size"] >= max(block_size, certificate_steps // 2))
+            can = (due and below and window_clear(vals, t, res)
+                   and state.num_matvecs + certificate_steps <= max_matvecs)
+            if can and certify():
+                state.phase = "done"
+            else:
+                if can:
+                    ex["multiplicity"] = True
+                if collapsed:
+                    _block.refill(state, generator, reduce, device)
+                    ex["refilled_at"] = m
+                    if state.pending.shape[1] == 0:
+                        state.phase = "final"
+        state.generator_state = generator.get_state()
+        if on_block is not None:
+            on_block(state)
+
+    if state.phase == "final":
+        if (not ex["certified"] and ex["cert_size"] != state.size and state.size > 0
+                and state.num_matvecs + certificate_steps <= max_matvecs
+                and certificate_steps > 0):
+            certify()
+        state.phase = "done"
+        state.generator_state = generator.get_state()
+    return _result(state, n, tau_now(), update_ritz())
+
+
+def _result(state: KrylovState, n: int, tau: float, vals: Tensor) -> KrylovRank:
+    ex = state.extra
+    res = _block.residual_bound(state)
+    if state.size >= n:
+        e = res
+    elif math.isfinite(ex["cert_theta"]):
+        e = res + ex["cert_theta"] / (1.0 - KW_EPS)
+    else:
+        e = math.inf
+    certified = bool(ex["certified"])
+    n_pos = int((vals > tau).sum())
+    n_neg = int((vals < -tau).sum())
+    rank = n_pos + n_neg
+    if certified:
+        high = rank
+    else:
+        high = int((vals.abs() > tau - e).sum()) if math.isfinite(e) else state.size
+        if not e < tau:
+            high += n - state.size
+        high = min(max(high, rank), n)
+    sigma = ex["sigma"]
+    return KrylovRank(
+        rank=rank, rank_low=rank, rank_high=high, certified=certified, tol=tau,
+        ritz_values=vals, inertia=(n_pos, n_neg), error_bound=e, residual_norm=res,
+        sigma_max_estimate=sigma, noise_floor=_block.asymmetry(state) * sigma,
+        basis_size=state.size, num_matvecs=state.num_matvecs)

@@ -1,0 +1,264 @@
+"""Stochastic Lanczos quadrature (SLQ) rank counts without a stored basis.
+
+``rank_tau(A) = #{|lambda| > tau} = tr g(A)`` for a step ``g``; SLQ estimates the trace with
+Rademacher probes and, per probe, the Gauss quadrature rule of its Lanczos tridiagonal
+(Ubaru, Chen & Saad 2017, "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature";
+Ubaru & Saad 2016, "Fast methods for estimating the numerical rank of large matrices";
+Lin, Saad & Yang 2016, "Approximating spectral densities of large matrices").
+
+The probes run in lock-step as the columns of one block (one ``matmat`` per step on an
+(n, probes) block). No basis is kept: three vectors per probe, memory ``3 m n`` (plus the
+deflation block), independent of the number of steps. Without reorthogonalization the
+Gauss rule stays right (ghost Ritz values share the weight), which is all a trace needs;
+only a cheap local reorthogonalization against the two latest vectors is done.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from scalable_hrank._validation import bad_value, check_positive_int
+from scalable_hrank.linalg._types import MatMat, Reduce
+from scalable_hrank.linalg.counting import (
+    DensityRank,
+    _advance,
+    _ritz,
+    _start,
+    count_interval,
+    detect_gap,
+    rademacher,
+    smooth_step,
+    steps_for_kappa,
+)
+
+__all__ = ["slq_density", "slq_rank"]
+
+_FIRST_STEPS = 20  # steps before lambda_max and the gap are read from the Ritz values
+_GROWTH = 1.5  # depth growth factor while the k vs 0.75 k check fails
+
+
+def _counts(nodes: Tensor, weights: Tensor, sq: Tensor, tau: float, delta: float) -> Tensor:
+    """Per-probe counts ``||z||^2 sum_j w_j g(theta_j)``, shape (m,), float64."""
+    return sq * (weights * smooth_step(nodes, tau, delta)).sum(1)
+
+
+def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
+    def op(x: Tensor) -> Tensor:
+        y = matmat(x)
+        c = q.T @ y
+        if reduce is not None:
+            c = reduce(c)
+        return y - q @ c
+
+    return op
+
+
+def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
+             num_probes: int = 4, max_matvecs: int | None = None, max_steps: int = 1000,
+             num_steps: int | None = None, psd: bool = False,
+             gap: tuple[float, float] | None = None, lambda_max: float | None = None,
+             deflation: tuple[Tensor, Tensor] | None = None, rtol: float = 0.01,
+             confidence: float = 0.95, probes: Tensor | None = None,
+             dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+             reduce: Reduce = None) -> DensityRank:
+    """Count eigenvalues with ``|lambda| > tau`` by stochastic Lanczos quadrature.
+
+    Estimator (Ubaru, Chen & Saad 2017): for Rademacher probes ``z_l``,
+    ``tr g(A) ~ (1/m) sum_l ||z_l||^2 sum_j w_lj g(theta_lj)`` with ``theta, w`` the Gauss
+    nodes and weights of the Lanczos tridiagonal started at ``z_l``. ``g`` is a C^1 smooth
+    step (``counting.smooth_step``) from ``tau`` to ``delta``, the upper end of the spectral
+    gap above ``tau`` (given, or detected on the pooled Ritz values; ``2 tau`` without a
+    gap): a hard threshold on the node nearest zero wanders (Ubaru & Saad 2016 choose the
+    threshold from the density of states; Lin, Saad & Yang 2016 for the density).
+
+    Depth: after 20 steps ``lambda_max`` and the gap are read from the Ritz values, the
+    depth is planned from ``kappa = lambda_max / (delta - tau)`` (``steps_for_kappa``:
+    about ``3 sqrt(kappa)`` steps for a PSD operator, ``3 kappa`` for an indefinite one)
+    and then grown by 1.5x until the counts at ``k`` and ``0.75 k`` steps (the leading
+    ``0.75 k`` block of the same tridiagonal, so free) agree within
+    ``max(1, rtol * estimate / 2)``, or the budget ends. Converged means the check passed at
+    or beyond the planned depth (or every probe broke down: the rule is then exact).
+    Not converged within the budget:
+    ``converged=False`` and ``steps_needed`` / ``matvecs_needed`` say what it would take.
+
+    Deflation: with an orthonormal block ``Q`` (n, d) and its Ritz values (d,) (e.g. the
+    top outliers from block Krylov), the count is ``#{|theta_Q| > tau}`` plus SLQ on
+    ``(I - Q Q^T) A (I - Q Q^T)`` with projected probes; this shrinks ``lambda_max`` and
+    thus ``kappa``.
+
+    Cost: ``num_probes x steps`` products (one block product per step), plus ``2 d``
+    length-n inner products per column and step when deflating. Memory: ``3 num_probes``
+    length-n vectors (``v_prev, v, w`` per probe; plus one probe block at the start) and
+    the d deflation vectors; nothing grows with the depth except the (probes, steps)
+    float64 tridiagonals.
+
+    Args:
+        matmat: ``X (n, k) -> A X (n, k)`` for a symmetric A, same dtype and device.
+        n: Vector length (the local slice when ``reduce`` sums over processes).
+        tau: Threshold > 0; eigenvalues with ``|lambda| > tau`` are counted.
+        generator: CPU ``torch.Generator`` for the probes (drawn on CPU, then moved).
+        num_probes: Rademacher probes m (columns of the block).
+        max_matvecs: Product budget (probes x steps); default ``num_probes * max_steps``.
+        max_steps: Cap on the steps per probe.
+        num_steps: Run exactly this many steps (no planning or growth).
+        psd: Whether A is positive semidefinite (plans ``sqrt(kappa)`` steps).
+        gap: ``(lower, upper)`` gap around ``tau`` known from elsewhere; ``upper`` is used
+            as ``delta``. Default: detected from the Ritz values.
+        lambda_max: Known ``max |lambda|`` (of the deflated operator when deflating).
+        deflation: ``(Q, theta)``: Q (n, d) with orthonormal columns in the operator dtype
+            and device, theta (d,) its Ritz values.
+        rtol: Relative tolerance of the ``k`` vs ``0.75 k`` convergence check.
+        confidence: Level of the probe part of ``[rank_low, rank_high]``.
+        probes: Probe block (n, m) to use instead of drawing (e.g. each process's slice of
+            global probes); ``generator`` and ``num_probes`` are then ignored.
+        dtype: Vector dtype when drawing probes (the operator dtype).
+        device: Vector device when drawing probes (the operator device).
+        reduce: Sums a small tensor over processes (None: one process).
+
+    Returns:
+        ``DensityRank`` (``method="slq"``) with nodes/weights of shape (m, num_steps).
+
+    Raises:
+        ValueError: If ``tau <= 0``, a gap does not bracket ``tau``, ``rtol`` or
+            ``confidence`` is out of range, or the budget allows fewer than 2 steps.
+    """
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        err = bad_value("tau", "a finite number > 0", tau)
+        raise err
+    tau = float(tau)
+    if gap is not None and not gap[1] > tau:
+        err = bad_value("gap", f"a pair (lower, upper) with upper > tau = {tau!r}", gap)
+        raise err
+    if not 0 < rtol < 1:
+        err = bad_value("rtol", "in (0, 1)", rtol)
+        raise err
+    if probes is None:
+        check_positive_int("num_probes", num_probes)
+        z = rademacher(n, num_probes, generator=generator, dtype=dtype, device=device)
+    else:
+        z = probes
+        num_probes = z.shape[1]
+    check_positive_int("max_steps", max_steps, minimum=2)
+    budget = num_probes * max_steps if max_matvecs is None else max_matvecs
+    step_cap = min(max_steps, budget // num_probes)
+    if num_steps is not None:
+        check_positive_int("num_steps", num_steps, minimum=2)
+        step_cap = min(step_cap, num_steps)
+    if step_cap < 2:
+        err = bad_value("max_matvecs", f">= 2 * num_probes = {2 * num_probes}", max_matvecs)
+        raise err
+
+    op = matmat
+    d, deflated_count, notes = 0, 0, []
+    if deflation is not None:
+        q, theta_q = deflation
+        d = q.shape[1]
+        deflated_count = int((theta_q.abs() > tau).sum())
+        op = _deflated_op(matmat, q, reduce)
+        c = q.T @ z
+        z = z - q @ (c if reduce is None else reduce(c))
+
+    state, sq = _start(z, reduce)
+    del z
+
+    def read(depth: int) -> tuple[Tensor, Tensor, float, tuple[float, float] | None, float]:
+        nodes, weights = _ritz(state, depth)
+        lmax = float(nodes.abs().max()) * 1.01 if lambda_max is None else float(lambda_max)
+        if gap is not None:
+            return nodes, weights, lmax, gap, float(gap[1])
+        g = detect_gap(nodes, weights, tau, n=n)
+        # the lowest Ritz value above a gap overestimates the edge: stop the step halfway
+        delta = tau + 0.5 * (g[1] - tau) if g is not None else 2.0 * tau
+        return nodes, weights, lmax, g, delta
+
+    first = step_cap if num_steps is not None else min(_FIRST_STEPS, step_cap)
+    _advance(state, op, first, reduce)
+    while True:
+        depth = int(state.lengths.max())
+        nodes, weights, lmax, g, delta = read(depth)
+        kappa = max(1.0, lmax / (delta - tau))
+        planned = steps_for_kappa(kappa, psd)
+        finished = not bool(state.active.any())
+        if num_steps is None and not finished and depth < min(planned, step_cap):
+            # grow towards the plan at most 2x at a time: the first gap reading is rough
+            _advance(state, op, min(planned, step_cap, 2 * depth) - depth, reduce)
+            continue
+        per_probe = _counts(nodes, weights, sq, tau, delta)
+        nodes3, weights3 = _ritz(state, max(1, round(0.75 * depth)))
+        # a probe that broke down has an exact quadrature: it contributes no bias
+        per_probe3 = torch.where(state.active, _counts(nodes3, weights3, sq, tau, delta),
+                                 per_probe)
+        est = float(per_probe.mean())
+        bias = abs(est - float(per_probe3.mean()))
+        # the k vs 0.75 k check can be fooled far below the planned depth: require both
+        converged = finished or (bias <= max(1.0, 0.5 * rtol * abs(est)) and depth >= planned)
+        if converged or num_steps is not None or depth >= step_cap:
+            break
+        _advance(state, op, min(step_cap, math.ceil(_GROWTH * depth)) - depth, reduce)
+
+    if finished:
+        notes.append("Lanczos broke down on every probe: the quadrature is exact")
+    if g is None:
+        notes.append("no spectral gap above tau detected; smooth step on [tau, 2 tau]")
+    steps_needed = depth if converged else max(planned, math.ceil(_GROWTH * depth))
+    mean, s, low, high = count_interval(per_probe, n=n, bias=bias, confidence=confidence)
+    if not converged:
+        notes.append(f"not converged within {budget} products: about {steps_needed} steps "
+                     f"per probe ({num_probes * steps_needed} products) needed")
+    estimate = mean + deflated_count
+    return DensityRank(
+        estimate=estimate, rank=round(estimate), rank_low=low + deflated_count,
+        rank_high=min(n, high + deflated_count), confidence=confidence, probe_std=s,
+        resolution_bias=bias, num_matvecs=state.num_matvecs, num_steps=depth,
+        num_probes=num_probes, converged=converged, steps_needed=steps_needed,
+        matvecs_needed=num_probes * steps_needed, tau=tau, delta=delta, gap=g,
+        lambda_max=lmax, kappa=kappa, num_deflated=d, deflated_count=deflated_count,
+        probe_estimates=per_probe + deflated_count, nodes=nodes, weights=weights,
+        method="slq", notes=tuple(notes))
+
+
+def slq_density(nodes: Tensor, weights: Tensor, *, n: int, num_points: int = 512,
+                sigma: float | None = None, log: bool = False,
+                bounds: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
+    """Smoothed spectral density from SLQ nodes and weights (Lin, Saad & Yang 2016).
+
+    ``phi(x) = (n/m) sum_l sum_j w_lj K_sigma(x - theta_lj)`` with a Gaussian kernel, on a
+    uniform grid (of ``x``, or of ``log10 |x|`` when ``log`` is True, where ``phi`` is then
+    a density per decade of ``|lambda|``). Integrates to about ``n`` eigenvalues.
+
+    Args:
+        nodes: Ritz values, shape (m, k), float64 (``DensityRank.nodes``).
+        weights: Quadrature weights, shape (m, k), rows summing to 1.
+        n: Operator size (scales the density to eigenvalue counts).
+        num_points: Grid size G.
+        sigma: Kernel width (in ``x`` or in decades); default 1/100 of the grid range.
+        log: Use ``log10 |x|`` as the variable (nodes with zero magnitude are dropped).
+        bounds: Grid range; default the node range padded by ``3 sigma``.
+
+    Returns:
+        ``(grid, density)``, each shape (G,), float64.
+
+    Raises:
+        ValueError: If there are no usable nodes.
+    """
+    x = nodes.reshape(-1).to(torch.float64)
+    w = weights.reshape(-1).to(torch.float64) * n / nodes.reshape(-1, nodes.shape[-1]).shape[0]
+    keep = w > 0
+    if log:
+        keep &= x.abs() > 0
+        x = torch.log10(x.abs().clamp_min(torch.finfo(torch.float64).tiny))
+    x, w = x[keep], w[keep]
+    if x.numel() == 0:
+        err = bad_value("nodes", "at least one node with positive weight", nodes.shape)
+        raise err
+    lo, hi = (float(x.min()), float(x.max())) if bounds is None else bounds
+    span = max(hi - lo, 1e-12 * max(1.0, abs(hi)))
+    sig = span / 100.0 if sigma is None else sigma
+    if bounds is None:
+        lo, hi = lo - 3 * sig, hi + 3 * sig
+    grid = torch.linspace(lo, hi, num_points, dtype=torch.float64)
+    k = torch.exp(-0.5 * ((grid[:, None] - x[None, :]) / sig) ** 2) / (sig * math.sqrt(2 * math.pi))
+    return grid, k @ w

@@ -1,0 +1,228 @@
+"""Rank estimators: turn a curvature operator and a solver into a :class:`RankResult`.
+
+Strategies: "exact" (dense float64, :mod:`scalable_hrank.exact`), "sketch" (adaptive
+randomized block Krylov with a residual certificate), "lanczos" (the same with block size 1),
+"density" (stochastic Lanczos quadrature count with a confidence interval), and "auto", which
+picks by size and memory and says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from scalable_hrank._validation import check_choice, check_positive_int
+from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, dense_memory_bytes, exact_rank
+from scalable_hrank.linalg.eigen import spectral_norm
+from scalable_hrank.linalg.krylov_rank import KrylovRank, krylov_rank
+from scalable_hrank.operators import CurvatureOperator
+from scalable_hrank.operators.losses import LossFn
+from scalable_hrank.result import RankResult, find_gap, rank_curve
+from scalable_hrank.threshold import check_thresholds, default_rtol
+
+METHODS = ("auto", "exact", "sketch", "lanczos", "density")
+
+#: Products spent on the spectral norm of H_L when another kind needs it as the scale.
+SCALE_MATVECS = 20
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """What ``method="auto"`` picked, and why."""
+
+    method: str
+    reason: str
+
+
+def choose_method(n: int, *, dtype: torch.dtype, memory_bytes: int, block_size: int,
+                  certificate_steps: int, expected_rank: int | None = None,
+                  dense_limit: int = 3000) -> MethodChoice:
+    """Pick exact, sketch or density from P, the expected rank and a memory budget.
+
+    Exact when P <= ``dense_limit`` and the dense float64 path fits; sketch when a basis of
+    (expected rank, or P when unknown) + 3 b + certificate vectors fits; density otherwise.
+    """
+    if n <= dense_limit and dense_memory_bytes(n, "functional") <= memory_bytes:
+        return MethodChoice("exact", f"P={n} <= {dense_limit}: dense float64 is exact and cheap")
+    itemsize = torch.finfo(dtype).bits // 8
+    room = memory_bytes // (n * itemsize) - 3 * block_size - 4
+    need = (expected_rank if expected_rank is not None else n)
+    if room >= need:
+        what = "P" if expected_rank is None else f"the expected rank {expected_rank}"
+        return MethodChoice("sketch", f"a Krylov basis of {what} + {3 * block_size} vectors "
+                                      f"fits in {memory_bytes / 2**30:.1f} GiB")
+    return MethodChoice("density", f"a basis of {need} vectors of length {n} does not fit in "
+                                   f"{memory_bytes / 2**30:.1f} GiB (room for {max(room, 0)}): "
+                                   "counting by spectral density")
+
+
+def default_memory_bytes(device: torch.device) -> int:
+    """Half the free memory of a CUDA device, or a quarter of the host's physical memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_DENSE_MEMORY
+
+
+def _cast_model(model: nn.Module, dtype: torch.dtype | None,
+                params: Any) -> tuple[nn.Module, Any]:
+    if dtype is None or all(p.dtype == dtype for p in model.parameters()):
+        return model, params
+    if params is not None and not isinstance(params, str) and all(
+            isinstance(p, torch.Tensor) for p in params):
+        ids = {id(p) for p in params}
+        params = [n for n, p in model.named_parameters() if id(p) in ids]
+    return copy.deepcopy(model).to(dtype), params
+
+
+def spectral_scale(op: CurvatureOperator, generator: torch.Generator,
+                   num_matvecs: int = SCALE_MATVECS) -> float:
+    """Estimate ||op|| (Lanczos: largest |Ritz value| plus its residual, an upper estimate).
+
+    Cost: ``num_matvecs`` products (fewer if Lanczos finds an invariant subspace).
+    """
+    norm = spectral_norm(op.matmat, op.size, num_matvecs=min(num_matvecs, op.size),
+                         generator=generator, dtype=op.dtype, device=op.device)
+    return float(norm.upper_bound)
+
+
+def _krylov_result(kr: KrylovRank, *, kind: str, method: str, n: int, scale: float,
+                   matvecs: int, seconds: float, notes: list[str], dtype: torch.dtype,
+                   device: torch.device, extra: dict[str, Any]) -> RankResult:
+    ritz = kr.ritz_values.tolist()
+    floor = 10 * kr.noise_floor
+    gap = find_gap(ritz, floor=floor)
+    if not kr.certified:
+        notes.append(f"not certified within {matvecs} products: rank {kr.rank} is a certified "
+                     f"lower bound; upper bound {kr.rank_high}")
+    if gap is None:
+        notes.append("no spectral gap (ratio >= 1e3) among the Ritz values above 10x the "
+                     "noise floor: the rank depends on the threshold; read rank_curve")
+    return RankResult(
+        rank=kr.rank, n=n, kind=kind, method=method, tol=kr.tol, scale=scale, matvecs=matvecs,
+        seconds=seconds, certified=kr.certified, rank_low=kr.rank_low, rank_high=kr.rank_high,
+        eigenvalues=tuple(ritz), inertia=kr.inertia, noise_floor=kr.noise_floor,
+        rank_curve=rank_curve(ritz, scale), gap=gap, notes=tuple(notes), dtype=str(dtype),
+        device=str(device),
+        extra={"error_bound": kr.error_bound, "residual_norm": kr.residual_norm,
+               "basis_size": kr.basis_size, **extra},
+    )
+
+
+def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss", *,
+                  method: str = "auto",
+                  params: None | Sequence[str] | Sequence[nn.Parameter] = None,
+                  rtol: float | None = None, atol: float | None = None, seed: int = 0,
+                  max_matvecs: int | None = None, dtype: torch.dtype | None = torch.float64,
+                  block_size: int = 8, certificate_steps: int = 40,
+                  memory_bytes: int | None = None, cache: bool = True,
+                  on_block: Callable[[Any], None] | None = None,
+                  resume_state: Any = None) -> RankResult:
+    """Numerical rank of H_L, H_O or H_F without forming the matrix.
+
+    Args:
+        model: The network. Copied to ``dtype`` when its parameters have another dtype.
+        loss: "mse", "cross_entropy", "logcosh" or a callable ``loss(outputs, targets)``.
+        data: An (inputs, targets) pair or an iterable of pairs (a DataLoader).
+        kind: "loss" (H_L), "outer" (H_O) or "functional" (H_F).
+        method: "sketch" (block Krylov, certified), "lanczos" (block size 1), "density"
+            (spectral-density count with an interval), "exact" (dense), or "auto".
+        params: None (all trainable), name globs, or the model's parameter objects.
+        rtol: Threshold relative to sigma_max(H_L); default min(P eps, sqrt(eps)) of ``dtype``.
+        atol: Absolute threshold; with ``rtol`` the larger applies.
+        seed: Seeds the CPU generator behind every random vector (same on every process).
+        max_matvecs: Product budget of the solver (default P + certificate).
+        dtype: Product dtype; float64 by default (rank decisions). None keeps the model's.
+        block_size: Krylov block width for "sketch".
+        certificate_steps: Lanczos steps of the residual certificate.
+        memory_bytes: Memory budget for "auto" (default: half the free GPU memory, or a
+            quarter of the host's).
+        cache: Keep per-batch graphs across products (see ``CurvatureOperator``).
+        on_block: Called with the solver state after every Krylov block (checkpointing).
+        resume_state: A state saved from ``on_block`` to resume from (bit-identical result).
+
+    Returns:
+        A :class:`RankResult`. ``matvecs`` counts every product: 3 for the symmetry probe,
+        ``SCALE_MATVECS`` for the H_L scale (kinds "outer"/"functional" without ``atol``),
+        and the solver's.
+
+    Raises:
+        ValueError: Bad method/threshold/budget, a non-symmetric or non-deterministic
+            operator (symmetry probe), and every error of ``CurvatureOperator``.
+    """
+    start = time.perf_counter()
+    check_choice("method", method, METHODS)
+    check_positive_int("block_size", block_size)
+    check_positive_int("max_matvecs", max_matvecs, allow_none=True)
+    rtol, atol = check_thresholds(rtol, atol)
+    model_c, params_c = _cast_model(model, dtype, params)
+    op = CurvatureOperator(model_c, loss, data, kind, params=params_c, cache=cache)
+    n = op.size
+    notes: list[str] = []
+    extra: dict[str, Any] = {}
+    if method == "auto":
+        budget = memory_bytes if memory_bytes is not None else default_memory_bytes(op.device)
+        choice = choose_method(n, dtype=op.dtype, memory_bytes=budget, block_size=block_size,
+                               certificate_steps=certificate_steps)
+        method = choice.method
+        notes.append(f"auto chose {method}: {choice.reason}")
+        extra["auto_reason"] = choice.reason
+    if method == "exact":
+        res = exact_rank(model, loss, data, kind, params=params, rtol=rtol, atol=atol,
+                         max_memory_bytes=max(DEFAULT_DENSE_MEMORY, memory_bytes or 0))
+        return _with(res, notes=tuple(notes) + res.notes,
+                     seconds=time.perf_counter() - start, extra={**res.extra, **extra})
+    generator = torch.Generator().manual_seed(seed)
+    asym = op.check_symmetry(generator)
+    extra["symmetry_probe"] = asym
+    rtol_eff = default_rtol(n, op.dtype) if rtol is None and atol is None else rtol
+    scale_matvecs = 0
+    if kind == "loss" and atol is None:
+        tol, scale = None, None
+    else:
+        if kind == "loss":
+            scale = spectral_scale(op, generator)
+        else:
+            op_loss = CurvatureOperator(model_c, loss, data, "loss", params=params_c,
+                                        cache=cache)
+            scale = spectral_scale(op_loss, generator)
+            scale_matvecs = op_loss.matvecs
+        tol = max(atol or 0.0, (rtol_eff or 0.0) * scale)
+    if method == "density":
+        from scalable_hrank.density import density_rank
+
+        res = density_rank(op, kind=kind, tol=tol, rtol=rtol_eff, generator=generator,
+                           max_matvecs=max_matvecs)
+        return _with(res, matvecs=op.matvecs + scale_matvecs, seconds=time.perf_counter() - start,
+                     notes=tuple(notes) + res.notes, extra={**res.extra, **extra})
+    overhead = op.matvecs + scale_matvecs
+    kr = krylov_rank(op.matmat, n, tol=tol, rtol=None if tol is not None else rtol_eff,
+                     block_size=1 if method == "lanczos" else block_size,
+                     max_matvecs=max_matvecs, certificate_steps=certificate_steps,
+                     generator=generator, dtype=op.dtype, device=op.device,
+                     state=resume_state, on_block=on_block)
+    if scale is None:
+        scale = kr.sigma_max_estimate
+    extra["block_size"] = 1 if method == "lanczos" else block_size
+    return _krylov_result(kr, kind=kind, method=method, n=n, scale=scale,
+                          matvecs=overhead + kr.num_matvecs,
+                          seconds=time.perf_counter() - start, notes=notes, dtype=op.dtype,
+                          device=op.device, extra=extra)
+
+
+def _with(res: RankResult, **changes: Any) -> RankResult:
+    return dataclasses.replace(res, **changes)
+
+
+__all__ = ["METHODS", "MethodChoice", "choose_method", "estimate_rank"]

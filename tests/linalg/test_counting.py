@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from scalable_hrank.linalg.counting import (
+    count_interval,
+    detect_gap,
+    normal_quantile,
+    rademacher,
+    smooth_step,
+    steps_for_kappa,
+)
+
+
+def test_rademacher_entries_shape_and_reproducible() -> None:
+    z = rademacher(1000, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    assert z.shape == (1000, 3) and z.dtype == torch.float32
+    assert set(z.unique().tolist()) == {-1.0, 1.0}
+    z2 = rademacher(1000, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    assert torch.equal(z, z2)
+    assert abs(float(z.mean())) < 0.1  # balanced signs
+
+
+def test_rademacher_rejects_empty() -> None:
+    with pytest.raises(ValueError, match="num_probes"):
+        rademacher(10, 0, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("profile", ["linear", "log"])
+def test_smooth_step_limits_and_monotone(profile: str) -> None:
+    x = torch.logspace(-6, 1, 500, dtype=torch.float64)
+    lo, hi = 1e-4, 1e-1
+    g = smooth_step(torch.cat([-x, x]), lo, hi, profile=profile)
+    gp = g[500:]
+    assert torch.all(gp[x <= lo] == 0) and torch.all(gp[x >= hi] == 1)
+    assert torch.all(gp[1:] >= gp[:-1])  # monotone in |x|
+    assert torch.equal(g[:500], gp)  # even in x
+    assert float(gp.min()) >= 0 and float(gp.max()) <= 1
+
+
+def test_smooth_step_is_c1_at_the_ends() -> None:
+    lo, hi, h = 1.0, 2.0, 1e-6
+    x = torch.tensor([lo + h, hi - h], dtype=torch.float64)
+    g = smooth_step(x, lo, hi)
+    assert float(g[0]) < 1e-10 and float(1 - g[1]) < 1e-10  # slope 0 at both ends
+
+
+def test_smooth_step_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError, match="upper"):
+        smooth_step(torch.ones(3), 1.0, 1.0)
+    with pytest.raises(ValueError, match="lower"):
+        smooth_step(torch.ones(3), 0.0, 1.0, profile="log")
+
+
+def test_steps_for_kappa_scaling() -> None:
+    # measured first exact-count depths (notes/algos.md 3.3) are lower bounds of the plan
+    assert steps_for_kappa(100, psd=True) >= 30
+    assert steps_for_kappa(1e3, psd=True) >= 80
+    assert steps_for_kappa(100, psd=False) >= 260
+    assert steps_for_kappa(10, psd=False) >= 70
+    ks = [steps_for_kappa(k, psd=True) for k in (1, 10, 100, 1e4)]
+    assert ks == sorted(ks)
+    assert steps_for_kappa(1e4, psd=False) > 10 * steps_for_kappa(1e4, psd=True)
+    with pytest.raises(ValueError, match="kappa"):
+        steps_for_kappa(0.5, psd=True)
+
+
+def test_normal_quantile() -> None:
+    assert normal_quantile(0.95) == pytest.approx(1.959964, abs=1e-5)
+    with pytest.raises(ValueError, match="confidence"):
+        normal_quantile(1.0)
+
+
+def test_count_interval_uses_projector_variance_bound() -> None:
+    n, c, m = 4000, 1000.0, 4
+    est = torch.full((m,), c, dtype=torch.float64)  # zero sample spread
+    mean, s, low, high = count_interval(est, n=n, bias=0.0, confidence=0.95)
+    half = 1.959964 * math.sqrt(2 * c * (1 - c / n)) / math.sqrt(m)
+    assert mean == c and s == 0.0
+    assert low == math.floor(c - half) and high == math.ceil(c + half)
+    _, _, low_b, high_b = count_interval(est, n=n, bias=10.0, confidence=0.95)
+    assert low_b == math.floor(c - half - 10) and high_b == math.ceil(c + half + 10)
+    _, _, low_f, _ = count_interval(est, n=n, bias=5000.0, confidence=0.95, floor=7)
+    assert low_f == 7
+
+
+def test_detect_gap_finds_gap_and_skips_heavy_atom_node() -> None:
+    tau = 1e-4
+    bulk = torch.logspace(-2, 0, 30, dtype=torch.float64)
+    # one probe: heavy null-atom node wandering at 5e-4 (above tau), then the bulk
+    nodes = torch.cat([torch.tensor([5e-4], dtype=torch.float64), bulk])[None, :]
+    weights = torch.cat([torch.tensor([0.7]), torch.full((30,), 0.01)])[None, :].double()
+    gap = detect_gap(nodes, weights, tau, n=2000)
+    assert gap is not None and gap[1] == pytest.approx(1e-2)
+    # a log-uniform spectrum has no gap
+    flat = torch.logspace(-4, 0, 60, dtype=torch.float64)[None, :]
+    assert detect_gap(flat, torch.full_like(flat, 1 / 60), 5e-5, n=2000) is None
