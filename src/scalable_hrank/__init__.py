@@ -13,7 +13,7 @@ part). Public API::
 from scalable_hrank.errors import HRankError, NonFiniteError, NotConvergedError, NumericalWarning
 from scalable_hrank.exact import exact_rank, exact_ranks
 from scalable_hrank.operators import KINDS, LOSSES, CurvatureOperator, curvature_operator
-from scalable_hrank.rank import METHODS, estimate_rank
+from scalable_hrank.rank import METHODS, EigenResult, eigenvalues, estimate_rank
 from scalable_hrank.result import RankResult
 from scalable_hrank.theory import RankPrediction, predict_rank
 
@@ -24,6 +24,7 @@ __all__ = [
     "LOSSES",
     "METHODS",
     "CurvatureOperator",
+    "EigenResult",
     "HRankError",
     "NonFiniteError",
     "NotConvergedError",
@@ -32,6 +33,7 @@ __all__ = [
     "RankResult",
     "__version__",
     "curvature_operator",
+    "eigenvalues",
     "estimate_rank",
     "exact_rank",
     "exact_ranks",

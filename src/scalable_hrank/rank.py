@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from scalable_hrank._validation import check_choice, check_positive_int
+from scalable_hrank.density import density_rank
+from scalable_hrank.errors import NotConvergedError
 from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, dense_memory_bytes, exact_rank
-from scalable_hrank.linalg.eigen import spectral_norm
+from scalable_hrank.linalg.eigen import eigenpairs, spectral_norm
 from scalable_hrank.linalg.krylov_rank import KrylovRank, krylov_rank
 from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.operators.losses import LossFn
@@ -31,7 +33,7 @@ from scalable_hrank.threshold import check_thresholds, default_rtol
 METHODS = ("auto", "exact", "sketch", "lanczos", "density")
 
 #: Products spent on the spectral norm of H_L when another kind needs it as the scale.
-SCALE_MATVECS = 20
+SCALE_MATVECS = 10
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class MethodChoice:
 
 
 def choose_method(n: int, *, dtype: torch.dtype, memory_bytes: int, block_size: int,
-                  certificate_steps: int, expected_rank: int | None = None,
+                  expected_rank: int | None = None,
                   dense_limit: int = 3000) -> MethodChoice:
     """Pick exact, sketch or density from P, the expected rank and a memory budget.
 
@@ -125,10 +127,11 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
                   params: None | Sequence[str] | Sequence[nn.Parameter] = None,
                   rtol: float | None = None, atol: float | None = None, seed: int = 0,
                   max_matvecs: int | None = None, dtype: torch.dtype | None = torch.float64,
-                  block_size: int = 8, certificate_steps: int = 40,
+                  block_size: int = 8, certificate_steps: int | None = None,
                   memory_bytes: int | None = None, cache: bool = True,
                   on_block: Callable[[Any], None] | None = None,
-                  resume_state: Any = None) -> RankResult:
+                  resume_state: Any = None,
+                  density: dict[str, Any] | None = None) -> RankResult:
     """Numerical rank of H_L, H_O or H_F without forming the matrix.
 
     Args:
@@ -145,12 +148,15 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         max_matvecs: Product budget of the solver (default P + certificate).
         dtype: Product dtype; float64 by default (rank decisions). None keeps the model's.
         block_size: Krylov block width for "sketch".
-        certificate_steps: Lanczos steps of the residual certificate.
+        certificate_steps: Lanczos steps of the residual certificate (default: enough for a
+            failure probability <= 1e-10, about 27-35).
         memory_bytes: Memory budget for "auto" (default: half the free GPU memory, or a
             quarter of the host's).
         cache: Keep per-batch graphs across products (see ``CurvatureOperator``).
         on_block: Called with the solver state after every Krylov block (checkpointing).
         resume_state: A state saved from ``on_block`` to resume from (bit-identical result).
+        density: Options of the "density" method (``num_probes``, ``num_deflate``,
+            ``confidence``; see :func:`scalable_hrank.density.density_rank`).
 
     Returns:
         A :class:`RankResult`. ``matvecs`` counts every product: 3 for the symmetry probe,
@@ -173,8 +179,7 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     extra: dict[str, Any] = {}
     if method == "auto":
         budget = memory_bytes if memory_bytes is not None else default_memory_bytes(op.device)
-        choice = choose_method(n, dtype=op.dtype, memory_bytes=budget, block_size=block_size,
-                               certificate_steps=certificate_steps)
+        choice = choose_method(n, dtype=op.dtype, memory_bytes=budget, block_size=block_size)
         method = choice.method
         notes.append(f"auto chose {method}: {choice.reason}")
         extra["auto_reason"] = choice.reason
@@ -200,12 +205,14 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
             scale_matvecs = op_loss.matvecs
         tol = max(atol or 0.0, (rtol_eff or 0.0) * scale)
     if method == "density":
-        from scalable_hrank.density import density_rank
-
-        res = density_rank(op, kind=kind, tol=tol, rtol=rtol_eff, generator=generator,
-                           max_matvecs=max_matvecs)
-        return _with(res, matvecs=op.matvecs + scale_matvecs, seconds=time.perf_counter() - start,
-                     notes=tuple(notes) + res.notes, extra={**res.extra, **extra})
+        if tol is None:
+            scale = spectral_scale(op, generator)
+            tol = (rtol_eff or 0.0) * scale
+        res = density_rank(op, tau=tol, psd=kind == "outer" and isinstance(loss, str),
+                           generator=generator, max_matvecs=max_matvecs, **(density or {}))
+        return _with(res, matvecs=op.matvecs + scale_matvecs, scale=scale,
+                     seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
+                     extra={**res.extra, **extra})
     overhead = op.matvecs + scale_matvecs
     kr = krylov_rank(op.matmat, n, tol=tol, rtol=None if tol is not None else rtol_eff,
                      block_size=1 if method == "lanczos" else block_size,
@@ -225,4 +232,89 @@ def _with(res: RankResult, **changes: Any) -> RankResult:
     return dataclasses.replace(res, **changes)
 
 
-__all__ = ["METHODS", "MethodChoice", "choose_method", "estimate_rank"]
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Extreme eigenvalues of a curvature matrix with residual certificates.
+
+    Attributes:
+        values: k eigenvalue estimates (float64), ordered by ``which``.
+        residual_norms: ``||H v - theta v||`` of each pair; by Weyl/Bauer-Fike each true
+            eigenvalue lies within that distance of ``theta`` (symmetric H).
+        converged: All residuals <= ``tol * max|theta|``.
+        which: "LA", "SA" or "LM".
+        kind: Which matrix.
+        n: Number of parameters P.
+        matvecs: Products spent (symmetry probe included).
+        seconds: Wall time.
+    """
+
+    values: tuple[float, ...]
+    residual_norms: tuple[float, ...]
+    converged: bool
+    which: str
+    kind: str
+    n: int
+    matvecs: int
+    seconds: float
+
+
+def eigenvalues(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss",
+                k: int = 6, which: str = "LA", *,
+                params: None | Sequence[str] | Sequence[nn.Parameter] = None,
+                tol: float = 1e-8, seed: int = 0, max_matvecs: int | None = None,
+                dtype: torch.dtype | None = torch.float64, block_size: int = 8,
+                cache: bool = True) -> EigenResult:
+    """The k largest ("LA"), smallest ("SA") or largest-magnitude ("LM") eigenvalues.
+
+    Block Lanczos with full reorthogonalization (:func:`scalable_hrank.linalg.eigenpairs`).
+
+    Args:
+        model: The network (copied to ``dtype`` if needed).
+        loss: Loss name or callable.
+        data: An (inputs, targets) pair or an iterable of pairs.
+        kind: "loss", "outer" or "functional".
+        k: Number of eigenvalues.
+        which: "LA", "SA" or "LM".
+        params: Parameter selection.
+        tol: Relative residual target ``||Hv - theta v|| <= tol * max|theta|``.
+        seed: Seeds the start block.
+        max_matvecs: Budget (default P).
+        dtype: Product dtype (float64 default; None keeps the model's).
+        block_size: Block width.
+        cache: Keep per-batch graphs across products.
+
+    Returns:
+        An :class:`EigenResult`.
+
+    Raises:
+        NotConvergedError: Budget exhausted; ``.partial`` holds the EigenResult so far.
+        ValueError: Bad arguments, and every error of ``CurvatureOperator``.
+    """
+    start = time.perf_counter()
+    check_choice("which", which, ("LA", "SA", "LM"))
+    model_c, params_c = _cast_model(model, dtype, params)
+    op = CurvatureOperator(model_c, loss, data, kind, params=params_c, cache=cache)
+    check_positive_int("k", k, maximum=op.size)
+    generator = torch.Generator().manual_seed(seed)
+    op.check_symmetry(generator)
+
+    def wrap(pairs: Any, converged: bool) -> EigenResult:
+        return EigenResult(values=tuple(pairs.values.tolist()),
+                           residual_norms=tuple(pairs.residual_norms.tolist()),
+                           converged=converged, which=which, kind=kind, n=op.size,
+                           matvecs=op.matvecs, seconds=time.perf_counter() - start)
+
+    try:
+        pairs = eigenpairs(op.matmat, op.size, k, which=which, tol=tol,
+                           block_size=min(block_size, op.size), max_matvecs=max_matvecs,
+                           generator=generator, dtype=op.dtype, device=op.device)
+    except NotConvergedError as exc:
+        msg = f"{exc}; the best pairs so far are in .partial"
+        raise NotConvergedError(msg, partial=wrap(exc.partial, False)) from exc
+    return wrap(pairs, pairs.converged)
+
+
+__all__ = ["METHODS", "EigenResult", "MethodChoice", "choose_method", "eigenvalues",
+           "estimate_rank"]

@@ -71,6 +71,16 @@ class KrylovRank:
     num_matvecs: int
 
 
+def certificate_steps_for(n: int, failure_probability: float = 1e-10) -> int:
+    """Lanczos steps k with ``1.648 sqrt(n) exp(-sqrt(KW_EPS) (2k - 1)) <= failure_probability``.
+
+    The Kuczynski-Wozniakowski (1992) bound for a PSD operator and a Gaussian start: with
+    KW_EPS = 0.25, k = ceil(ln(1.648 sqrt(n) / p) + 0.5); 27 steps at n = 100, 35 at n = 1e9.
+    """
+    k = math.log(1.648 * math.sqrt(n) / failure_probability) / (2 * math.sqrt(KW_EPS)) + 0.5
+    return max(1, math.ceil(k))
+
+
 def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
                   generator: torch.Generator, reduce: Reduce = None,
                   stop_tol: float = 0.0) -> tuple[float, int]:
@@ -78,7 +88,8 @@ def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
 
     Three-term recurrence (no stored basis: ghosts do not change the largest ``|Ritz|``), each
     product projected out of Q twice; on an exact breakdown (``beta <= stop_tol``, e.g. C = 0)
-    it restarts from a fresh random vector until the budget is spent and keeps the maximum.
+    it stops: from a Gaussian start the Krylov space then holds every distinct eigenvalue of
+    C (almost surely), so the estimate is exact.
     The estimate is a lower bound on ``||C||`` up to rounding; by Kuczynski and Wozniakowski
     (1992), for PSD C and a Gaussian start,
     ``P(theta_k < (1 - eps) ||C||) <= 1.648 sqrt(n) exp(-sqrt(eps) (2k - 1))``; with k = 40
@@ -98,16 +109,9 @@ def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
         ``(theta, products)``: the largest ``|Ritz value|`` of C and the products spent.
         Memory: 4 length-n vectors besides Q.
     """
-    thetas: list[float] = []
-    used = 0
-    while used < num_matvecs:
-        theta, steps = _lanczos_run(matmat, basis, num_matvecs - used, generator, reduce,
-                                    stop_tol)
-        used += steps
-        thetas.append(theta)
-        if steps == 0:
-            break
-    return (max(thetas) if thetas else 0.0), used
+    # An exact breakdown from a Gaussian start means (almost surely) that the Krylov space
+    # holds every distinct eigenvalue of C, so the estimate is then exact: no restart.
+    return _lanczos_run(matmat, basis, num_matvecs, generator, reduce, stop_tol)
 
 
 def _lanczos_run(matmat: MatMat, basis: Tensor, steps: int, generator: torch.Generator,
@@ -152,7 +156,7 @@ def _default_rtol(n: int, dtype: torch.dtype) -> float:
 
 def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float | None = None,
                 block_size: int = 8, max_matvecs: int | None = None,
-                certificate_steps: int = 40, generator: torch.Generator,
+                certificate_steps: int | None = None, generator: torch.Generator,
                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                 reduce: Reduce = None, state: KrylovState | None = None,
                 on_block: Callable[[KrylovState], None] | None = None) -> KrylovRank:
@@ -177,7 +181,8 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             neither is given: ``n * eps(float64)`` for float64, ``max(that, 1e-6)`` otherwise.
         block_size: Block width b (batch of products per call).
         max_matvecs: Product budget, certificate included. Default ``n + certificate_steps``.
-        certificate_steps: Lanczos steps of the certificate.
+        certificate_steps: Lanczos steps of the certificate. Default
+            :func:`certificate_steps_for` (n): failure probability <= 1e-10.
         generator: CPU ``torch.Generator``; all randomness comes from it.
         dtype: Basis / product dtype.
         device: Where the basis lives (the operator's device).
@@ -199,6 +204,8 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     """
     check_positive_int("n", n)
     check_positive_int("block_size", block_size)
+    if certificate_steps is None:
+        certificate_steps = certificate_steps_for(n)
     check_positive_int("certificate_steps", certificate_steps, minimum=0)
     tol = check_tolerance("tol", tol)
     rtol = check_tolerance("rtol", rtol)
@@ -277,40 +284,37 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         res = _block.residual_bound(state)
         m = state.size
         grew = m - max(ex["ritz_size"], 0)
-        if ex["ritz_size"] < 0 or m <= 512 or grew >= 0.1 * m or res < 0.5 * tau_now():
+        if ex["ritz_size"] < 0 or m <= 64 or grew >= 0.1 * m or res < 0.5 * tau_now():
             update_ritz()
         t = tau_now()
-        collapsed = state.pending.shape[1] == 0
+        # Near-invariant: nothing left (an exact Krylov breakdown) or a residual that can
+        # no longer move any eigenvalue across tau.
+        collapsed = state.pending.shape[1] == 0 or res < 0.5 * t
         if m >= n:
             certify()
             state.phase = "done"
-        else:
-            vals = ex["ritz"] if ex["ritz_size"] == m else None
-            below = vals is not None and (
-                (res < 0.5 * t and bool((vals.abs() < t - res).any()))
-                or (res == 0.0 and bool((vals == 0).all())))  # the zero operator, tau = 0
-            # After a failed certificate with a small residual (typically a multiplicity larger
-            # than the block), invariant blocks are continued by fresh random blocks without
-            # certificates until one is invariant at once (its first product adds nothing):
-            # then certify again.
-            immediate = ex.get("refilled_at", -1) == m - k
-            if collapsed:
-                due = not ex.get("multiplicity", False) or immediate
-            else:
-                due = (ex["cert_size"] < 0
-                       or m - ex["cert_size"] >= max(block_size, certificate_steps // 2))
-            can = (due and below and window_clear(vals, t, res)
+        elif collapsed:
+            # Certify only once a fresh random block, at its first product, was
+            # near-invariant and added no Ritz value above tau: b products that find missed
+            # multiplicities (block Krylov sees each distinct eigenvalue at most b times),
+            # where a failed certificate would cost certificate_steps.
+            vals = update_ritz()
+            count = int((vals.abs() > t).sum())
+            immediate = (ex.get("refilled_at", -1) == m - k
+                         and ex.get("count_at_refill", -1) == count)
+            can = (immediate and window_clear(vals, t, res)
                    and state.num_matvecs + certificate_steps <= max_matvecs)
             if can and certify():
                 state.phase = "done"
             else:
                 if can:
                     ex["multiplicity"] = True
-                if collapsed:
-                    _block.refill(state, generator, reduce, device)
-                    ex["refilled_at"] = m
-                    if state.pending.shape[1] == 0:
-                        state.phase = "final"
+                if state.pending.shape[1]:  # drop the residual block: it enters the bound
+                    state.dropped_sq += state.residual_norm ** 2
+                _block.refill(state, generator, reduce, device)
+                ex["refilled_at"], ex["count_at_refill"] = m, count
+                if state.pending.shape[1] == 0:
+                    state.phase = "final"
         state.generator_state = generator.get_state()
         if on_block is not None:
             on_block(state)
