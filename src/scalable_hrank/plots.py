@@ -333,3 +333,40 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], *, x: str,
         ax.set_title(title)
     ax.legend(fontsize=7, ncol=2 if len(groups) > 1 else 1)
     return fig
+
+
+def plot_result_density(result: RankResult, *, log: bool = True, title: str | None = None,
+                        ax: Any = None) -> Any:
+    """Spectral density of a ``method="density"`` result (its stored SLQ nodes and weights).
+
+    With ``log`` the variable is log10 |lambda| (density per decade), where the threshold and
+    the detected gap read best.
+
+    Raises:
+        ValueError: If the result holds no SLQ nodes (not a density run).
+    """
+    import torch
+
+    from scalable_hrank.linalg import slq_density
+
+    nodes, weights = result.extra.get("nodes"), result.extra.get("weights")
+    if not nodes or not weights:
+        msg = "result holds no SLQ nodes/weights: run estimate_rank(method='density')"
+        raise ValueError(msg)
+    grid, dens = slq_density(torch.tensor(nodes, dtype=torch.float64),
+                             torch.tensor(weights, dtype=torch.float64),
+                             n=result.n, log=log)
+    fig = plot_density(grid.tolist(), dens.tolist(), label=f"{result.kind} (SLQ)",
+                       tol=None, logy=not log, title=title, ax=ax)
+    ax = fig.axes[0]
+    if log:
+        ax.set_xlabel("log10 |eigenvalue|")
+        ax.set_ylabel("eigenvalues per decade")
+        if result.tol > 0:
+            ax.axvline(math.log10(result.tol), color="k", ls="--", lw=0.8,
+                       label=f"threshold {result.tol:.2g}", gid="threshold")
+        if result.gap is not None and result.gap[1] > 0:
+            ax.axvspan(math.log10(max(result.gap[0], result.tol, 1e-300)),
+                       math.log10(result.gap[1]), color="0.85", label="gap", gid="gap")
+        ax.legend(fontsize=7)
+    return fig

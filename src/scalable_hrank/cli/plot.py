@@ -1,8 +1,9 @@
 """``hrank plot``: figures from result files (RankResult JSON, or a sweep CSV / JSON).
 
 - RankResult JSON (written by ``RankResult.to_json``), one or several: the sorted spectrum
-  (``--type spectrum``, the default when eigenvalues are stored) or the rank-vs-threshold curve
-  (``--type curve``).
+  (``--type spectrum``, the default when eigenvalues are stored), the rank-vs-threshold curve
+  (``--type curve``), or the SLQ spectral density of a ``--method density`` result
+  (``--type density``, its default).
 - A sweep (CSV with a header, a JSON list of row objects, or ``{"rows": [...]}``): measured
   ``rank_<kind>`` against predicted ``pred_<kind>`` over the column ``--x``.
 """
@@ -26,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description=__doc__)
     p.add_argument("inputs", nargs="+", metavar="RESULT", help="result file(s)")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--type", dest="kind", choices=["auto", "spectrum", "curve", "sweep"],
+    p.add_argument("--type", dest="kind",
+                   choices=["auto", "spectrum", "curve", "density", "sweep"],
                    default="auto", help="figure type (default: from the file)")
     p.add_argument("--predicted-index", type=int, action="append", default=None,
                    help="predicted rank to mark (repeat once per result)")
@@ -93,11 +95,19 @@ def run(args: argparse.Namespace) -> int:
             msg = "--type sweep needs a CSV or a JSON list of rows"
             raise ValueError(msg)
         if kind == "auto":
-            kind = "spectrum" if all(r.eigenvalues for r in results) else "curve"
+            if all(r.method == "density" and r.extra.get("nodes") for r in results):
+                kind = "density"
+            else:
+                kind = "spectrum" if all(r.eigenvalues for r in results) else "curve"
         pred = args.predicted_index
         if pred is not None and len(pred) == 1:
             pred = pred * len(results)
-        if kind == "spectrum":
+        if kind == "density":
+            if len(results) != 1:
+                msg = "--type density draws one result at a time"
+                raise ValueError(msg)
+            fig = plots.plot_result_density(results[0], title=args.title)
+        elif kind == "spectrum":
             fig = plots.plot_spectrum(results, labels=labels, predicted_index=pred,
                                       title=args.title)
         else:

@@ -1,0 +1,77 @@
+"""method="density" on real models: accuracy, coverage over seeds, infeasibility, plots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scalable_hrank as hr
+from scalable_hrank.cli import main
+from scalable_hrank.data.digits import gaussian
+from scalable_hrank.models.mlp import mlp
+
+
+@pytest.fixture(scope="module")
+def problem():
+    model = mlp((20, 30, 30, 8))  # n = 1740, linear: H_O has rank 160, H_F 896
+    data = gaussian(40, 20, 8)
+    exact = hr.exact_ranks(model, "mse", data, kinds=("loss", "outer", "functional"))
+    return model, data, exact
+
+
+def test_interval_covers_dense_rank_over_20_seeds(problem) -> None:
+    model, data, exact = problem
+    covered, errors = 0, []
+    for seed in range(20):
+        res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=seed,
+                               density={"num_probes": 4})
+        assert res.method == "density" and not res.certified and res.extra["converged"]
+        assert res.confidence == 0.95
+        covered += res.rank_low <= exact["outer"].rank <= res.rank_high
+        errors.append(abs(res.extra["estimate"] - exact["outer"].rank) / exact["outer"].rank)
+    assert covered >= 18, covered
+    assert sum(errors) / len(errors) < 0.05
+
+
+def test_functional_within_5_percent(problem) -> None:
+    model, data, exact = problem
+    res = hr.estimate_rank(model, "mse", data, "functional", method="density", seed=0)
+    truth = exact["functional"].rank
+    assert res.extra["converged"]
+    assert abs(res.extra["estimate"] - truth) <= 0.05 * truth
+    assert res.rank_low <= truth <= res.rank_high
+
+
+def test_infeasible_spread_is_reported_not_guessed(problem) -> None:
+    model, data, exact = problem
+    res = hr.estimate_rank(model, "mse", data, "loss", method="density", max_matvecs=400)
+    assert not res.extra["converged"] and not res.extra["feasible"]
+    assert res.extra["matvecs_needed"] > 400
+    assert res.rank == res.rank_low <= exact["loss"].rank <= res.rank_high == res.n
+    assert any("infeasible within the budget" in note for note in res.notes)
+
+
+def test_density_plot_from_api_and_cli(problem, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from scalable_hrank.plots import plot_result_density
+
+    model, data, _ = problem
+    res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=1,
+                           density={"num_probes": 2})
+    fig = plot_result_density(res)
+    gids = {artist.get_gid() for artist in fig.axes[0].get_children()}
+    assert {"density", "threshold"} <= gids
+    path = tmp_path / "r.json"
+    res.to_json(path)
+    assert main(["plot", str(path), "--out", str(tmp_path / "d.png")]) == 0
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no SLQ nodes"):
+        plot_result_density(hr.exact_rank(model, "mse", data, "outer"))
+
+
+def test_float32_density_runs_on_float32_products(problem) -> None:
+    model, data, exact = problem
+    res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=0,
+                           dtype=torch.float32, rtol=1e-6, density={"num_probes": 4})
+    assert res.dtype == "torch.float32"
+    assert res.rank_low <= exact["outer"].rank <= res.rank_high
