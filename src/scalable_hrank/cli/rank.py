@@ -275,9 +275,10 @@ def run(args: argparse.Namespace) -> int:
             preempted = True
             break
         results[kind] = res
-        print(res.summary())
-        for note in res.notes:
-            print(f"  note: {note}")
+        if world is None or world.rank == 0:
+            print(res.summary())
+            for note in res.notes:
+                print(f"  note: {note}")
     if preempted:
         return EXIT_PREEMPTED
     rank0 = world is None or world.rank == 0
