@@ -11,7 +11,8 @@ is truncated or corrupted (size or sha256 mismatch), written by another format v
 written for another problem (fingerprint mismatch: other parameters, data or settings). The
 payload is read with ``torch.load(weights_only=True)``: no code runs on load. Dataclasses and
 ``torch.Generator`` objects are stored as tagged dicts (the generator by its uint8 state) and
-rebuilt on load; only dataclasses defined in ``scalable_hrank`` modules are rebuilt.
+rebuilt on load; only dataclasses defined in ``scalable_hrank`` modules are rebuilt. A dataclass
+with a ``snapshot()`` method (``KrylovState``) is saved through it (a compact copy).
 
 Pre-emption (Slurm sends SIGUSR1 ``--signal=B:USR1@120`` before the time limit, SIGTERM on
 ``scancel``): a :class:`PreemptionHandler` turns the signal into a flag, and a
@@ -55,6 +56,7 @@ __all__ = [
     "fingerprint",
     "in_slurm",
     "load_checkpoint",
+    "per_rank_path",
     "read_header",
     "save_checkpoint",
 ]
@@ -70,6 +72,8 @@ _MAGIC = b"HRANKCKPT\n"
 _MAX_HEADER = 64 * 1024
 _TAG_GENERATOR = "__torch_generator__"
 _TAG_DATACLASS = "__dataclass__"
+_TAG_DTYPE = "__torch_dtype__"
+_TAG_DEVICE = "__torch_device__"
 
 
 class CheckpointError(HRankError):
@@ -181,7 +185,13 @@ def fingerprint(model_params: Iterable[Tensor], data_batches: Any = None,
 def _encode(obj: Any) -> Any:
     if isinstance(obj, torch.Generator):
         return {_TAG_GENERATOR: obj.get_state(), "device": str(obj.device)}
+    if isinstance(obj, torch.dtype):
+        return {_TAG_DTYPE: str(obj).removeprefix("torch.")}
+    if isinstance(obj, torch.device):
+        return {_TAG_DEVICE: str(obj)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if callable(getattr(obj, "snapshot", None)):
+            obj = obj.snapshot()  # a compact copy (e.g. KrylovState trims its basis)
         cls = type(obj)
         fields = {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         return {_TAG_DATACLASS: f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
@@ -196,7 +206,7 @@ def _encode(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     msg = (f"cannot checkpoint an object of type {type(obj).__name__}: use tensors, numbers, "
-           "strings, None, lists, tuples, dicts, dataclasses or torch.Generator")
+           "strings, None, lists, tuples, dicts, dataclasses, dtypes, devices or generators")
     raise TypeError(msg)
 
 
@@ -206,6 +216,14 @@ def _decode(obj: Any, path: Path) -> Any:
             gen = torch.Generator(device=obj.get("device", "cpu"))
             gen.set_state(obj[_TAG_GENERATOR])
             return gen
+        if _TAG_DTYPE in obj:
+            dtype = getattr(torch, obj[_TAG_DTYPE], None)
+            if not isinstance(dtype, torch.dtype):
+                msg = f"checkpoint {path} names an unknown dtype {obj[_TAG_DTYPE]!r}"
+                raise CheckpointError(msg, path=path, reason="content")
+            return dtype
+        if _TAG_DEVICE in obj:
+            return torch.device(obj[_TAG_DEVICE])
         if _TAG_DATACLASS in obj:
             module, _, qualname = obj[_TAG_DATACLASS].partition(":")
             if not (module == "scalable_hrank" or module.startswith("scalable_hrank.")):
@@ -345,6 +363,19 @@ def load_checkpoint(path: str | Path, *, fingerprint: str) -> Any:
     return _decode(obj["state"], path)
 
 
+def per_rank_path(path: str | Path, rank: int, world: int) -> Path:
+    """Checkpoint file of one process: ``path`` itself when ``world == 1``, else ``x.rank3.pt``.
+
+    With a basis sharded across processes every process saves its own slice; the fingerprint
+    should then include the rank and world size (settings), so a restart with another world
+    size is refused rather than resumed wrongly.
+    """
+    path = Path(path)
+    if world == 1:
+        return path
+    return path.with_name(f"{path.stem}.rank{rank}of{world}{path.suffix}")
+
+
 # --------------------------------------------------------------------------------------------
 # Pre-emption
 
@@ -405,12 +436,15 @@ class PreemptionHandler:
     def requeue(self) -> bool:
         """Requeue the current Slurm job if asked to at construction and inside Slurm.
 
+        Not after SIGTERM (``scancel``, or Slurm's own pre-emption, which requeues by itself):
+        a cancelled job must stay cancelled.
+
         Returns:
             True when ``scontrol requeue`` succeeded.
 
         """
         job = os.environ.get("SLURM_JOB_ID")
-        if not (self.requeue_on_signal and job):
+        if not (self.requeue_on_signal and job and self.signum != signal.SIGTERM):
             return False
         proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
                               check=False, timeout=60)

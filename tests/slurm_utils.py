@@ -1,0 +1,117 @@
+"""Helpers for the Slurm tests: find a controller, run hrank, wait for jobs; and a worker.
+
+Run as a script it is a small pre-emptible computation (used by tests/test_slurm.py)::
+
+    python tests/slurm_utils.py --out result.json --checkpoint state.ckpt --steps 12 --delay 0.5
+
+Each step adds a Gaussian draw (from a checkpointed generator) to a vector; on SIGUSR1/SIGTERM it
+saves its state and exits 3. A resumed run ends with exactly the vector of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scalable_hrank.checkpoint import (
+    PREEMPTED_EXIT_CODE,
+    CheckpointSaver,
+    Preempted,
+    PreemptionHandler,
+    fingerprint,
+)
+
+HRANK = [sys.executable, "-c",
+         "import sys; from scalable_hrank.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def slurm_unavailable_reason() -> str | None:
+    """None when a Slurm controller answers and a node is usable, else why not."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "Slurm client tools (sinfo, sbatch) are not installed; run scripts/ci/start_slurm.sh"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                              timeout=15, check=False)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s (no slurmctld?)"
+    states = proc.stdout.split()
+    if proc.returncode or not states:
+        return f"no Slurm controller answers: {proc.stderr.strip() or 'no nodes'}"
+    if not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable Slurm node (states {states})"
+    return None
+
+
+def hrank(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the hrank CLI of this checkout in a subprocess."""
+    return subprocess.run([*HRANK, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, check=False)
+
+
+def submit(*args: str, cwd: Path | None = None) -> str:
+    """``hrank submit ARGS``; return the job id (fails the test with stderr otherwise)."""
+    proc = hrank("submit", *args, cwd=cwd)
+    assert proc.returncode == 0, f"hrank submit failed: {proc.stderr}"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def wait_for_text(path: Path, text: str, *, timeout: float) -> float:
+    """Wait until ``text`` appears in ``path``; return the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    content = path.read_text(errors="replace") if path.exists() else "(no file)"
+    msg = f"{text!r} not in {path} after {timeout:.0f}s:\n{content}"
+    raise AssertionError(msg)
+
+
+def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -> int:
+    """The worker: see the module docstring. Returns the exit code."""
+    fp = fingerprint([], None, {"steps": steps, "worker": "slurm_utils"})
+    with PreemptionHandler() as handler:
+        saver = CheckpointSaver(checkpoint, fp, every_seconds=math.inf, handler=handler)
+        state = saver.load()
+        resumed_at = None if state is None else state["step"]
+        if state is None:
+            state = {"step": 0, "x": torch.zeros(4, dtype=torch.float64),
+                     "gen": torch.Generator().manual_seed(1234)}
+        print(f"worker: started at step {state['step']}", flush=True)
+        try:
+            while state["step"] < steps:
+                state["x"] = state["x"] + torch.randn(4, generator=state["gen"],
+                                                      dtype=torch.float64)
+                state["step"] += 1
+                print(f"worker: step {state['step']}", flush=True)
+                time.sleep(delay)
+                saver(state)
+        except Preempted as exc:
+            print(f"worker: {exc}", flush=True)
+            return PREEMPTED_EXIT_CODE
+    from scalable_hrank._io import atomic_write_text
+
+    atomic_write_text(out, json.dumps({
+        "x": state["x"].tolist(), "steps": state["step"], "resumed_at": resumed_at,
+        "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}) + "\n")
+    print("worker: done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--delay", type=float, default=0.5)
+    a = p.parse_args()
+    sys.exit(preemptible_loop(a.out, a.checkpoint, steps=a.steps, delay=a.delay))
