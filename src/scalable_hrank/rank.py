@@ -131,7 +131,8 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
                   memory_bytes: int | None = None, cache: bool = True,
                   on_block: Callable[[Any], None] | None = None,
                   resume_state: Any = None,
-                  density: dict[str, Any] | None = None) -> RankResult:
+                  density: dict[str, Any] | None = None,
+                  shard_basis: bool = False) -> RankResult:
     """Numerical rank of H_L, H_O or H_F without forming the matrix.
 
     Args:
@@ -157,6 +158,9 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         resume_state: A state saved from ``on_block`` to resume from (bit-identical result).
         density: Options of the "density" method (``num_probes``, ``num_deflate``,
             ``confidence``; see :func:`scalable_hrank.density.density_rank`).
+        shard_basis: Under torch.distributed, each process keeps only its slice of every
+            Krylov basis vector (memory per process falls with the number of processes;
+            one all-gather per product). Same result as the replicated basis.
 
     Returns:
         A :class:`RankResult`. ``matvecs`` counts every product: 3 for the symmetry probe,
@@ -214,11 +218,18 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
                      seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
                      extra={**res.extra, **extra})
     overhead = op.matvecs + scale_matvecs
-    kr = krylov_rank(op.matmat, n, tol=tol, rtol=None if tol is not None else rtol_eff,
+    matmat, n_local, reduce, shard = op.matmat, n, None, None
+    if shard_basis and torch.distributed.is_available() and torch.distributed.is_initialized():
+        from scalable_hrank.distributed import ShardedMatMat, sharded_reduce
+
+        matmat = ShardedMatMat(op.matmat, n)
+        n_local, reduce, shard = matmat.n_local, sharded_reduce(), (matmat.offset, n)
+        extra["sharded_basis"] = {"offset": matmat.offset, "rows": n_local}
+    kr = krylov_rank(matmat, n_local, tol=tol, rtol=None if tol is not None else rtol_eff,
                      block_size=1 if method == "lanczos" else block_size,
                      max_matvecs=max_matvecs, certificate_steps=certificate_steps,
-                     generator=generator, dtype=op.dtype, device=op.device,
-                     state=resume_state, on_block=on_block)
+                     generator=generator, dtype=op.dtype, device=op.device, reduce=reduce,
+                     state=resume_state, on_block=on_block, shard=shard)
     if scale is None:
         scale = kr.sigma_max_estimate
     extra["block_size"] = 1 if method == "lanczos" else block_size

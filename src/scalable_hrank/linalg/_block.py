@@ -48,6 +48,8 @@ class KrylovState:
         generator_state: ``generator.get_state()`` after the last draw.
         phase: "grow", "done" or "final".
         extra: Solver-specific scalars (threshold, sigma estimate, certificate history, ...).
+        shard: ``(offset, global length)`` when each process holds rows
+            ``offset:offset + n`` of every vector (a sharded basis); None otherwise.
     """
 
     n: int
@@ -67,6 +69,12 @@ class KrylovState:
     generator_state: Tensor
     phase: str = "grow"
     extra: dict = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the whole space: ``n``, or the global length when sharded."""
+        return self.shard[1] if self.shard is not None else self.n
 
     @property
     def basis(self) -> Tensor:
@@ -92,31 +100,39 @@ def _deepcopy_extra(extra: dict) -> dict:
 
 
 def draw(n: int, k: int, generator: torch.Generator, dtype: torch.dtype,
-         device: torch.device | str) -> Tensor:
-    """Gaussian (n, k) block drawn on CPU from ``generator`` and moved to ``device``."""
-    return torch.randn(n, k, generator=generator, dtype=dtype).to(device)
+         device: torch.device | str, shard: tuple[int, int] | None = None) -> Tensor:
+    """Gaussian (n, k) block drawn on CPU from ``generator`` and moved to ``device``.
+
+    With ``shard = (offset, global length)`` the whole (global, k) block is drawn and rows
+    ``offset:offset + n`` returned, so every process holds its slice of the same vectors.
+    """
+    if shard is None:
+        return torch.randn(n, k, generator=generator, dtype=dtype).to(device)
+    offset, total = shard
+    full = torch.randn(total, k, generator=generator, dtype=dtype)
+    return full[offset:offset + n].to(device)
 
 
 def init_state(n: int, block_size: int, start: Tensor, generator: torch.Generator,
-               reduce: Reduce) -> KrylovState:
+               reduce: Reduce, shard: tuple[int, int] | None = None) -> KrylovState:
     """Orthonormalize the start block and return a fresh state."""
     orth = orthonormalize(start, None, reduce=reduce)
     dtype = start.dtype
-    cap = min(n, max(4 * block_size, 64))
+    cap = min(shard[1] if shard else n, max(4 * block_size, 64))
     return KrylovState(
         n=n, block_size=block_size, dtype=dtype,
         basis_rows=start.new_empty(cap, n), size=0,
         projected=torch.zeros(0, 0, dtype=F64, device=start.device),
         pending=orth.block, coupling=None, last_width=0, residual_norm=math.inf,
         dropped_sq=0.0, asym_sq=0.0, num_matvecs=0, num_blocks=0,
-        generator_state=generator.get_state())
+        generator_state=generator.get_state(), shard=shard)
 
 
 def _append_rows(state: KrylovState, x: Tensor) -> None:
     m, k = state.size, x.shape[1]
     cap = state.basis_rows.shape[0]
     if m + k > cap:
-        new_cap = min(state.n, max(m + k, int(1.5 * cap) + state.block_size))
+        new_cap = min(state.dim, max(m + k, int(1.5 * cap) + state.block_size))
         rows = state.basis_rows.new_empty(new_cap, state.n)
         rows[:m] = state.basis_rows[:m]
         state.basis_rows = rows
@@ -189,13 +205,13 @@ def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
 def refill(state: KrylovState, generator: torch.Generator, reduce: Reduce,
            device: torch.device | str) -> None:
     """Replace an empty pending block by fresh Gaussian directions orthogonal to the basis."""
-    k = min(state.block_size, state.n - state.size)
+    k = min(state.block_size, state.dim - state.size)
     if k <= 0:
         state.pending = state.pending.new_zeros(state.n, 0)
         return
-    g = draw(state.n, k, generator, state.dtype, device)
+    g = draw(state.n, k, generator, state.dtype, device, state.shard)
     eps = torch.finfo(state.dtype).eps
-    orth = orthonormalize(g, state.basis, drop_tol=8.0 * eps * math.sqrt(state.n),
+    orth = orthonormalize(g, state.basis, drop_tol=8.0 * eps * math.sqrt(state.dim),
                           reduce=reduce)
     state.pending = orth.block
     state.coupling = None

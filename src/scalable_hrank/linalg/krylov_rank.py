@@ -83,7 +83,8 @@ def certificate_steps_for(n: int, failure_probability: float = 1e-10) -> int:
 
 def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
                   generator: torch.Generator, reduce: Reduce = None,
-                  stop_tol: float = 0.0) -> tuple[float, int]:
+                  stop_tol: float = 0.0,
+                  shard: tuple[int, int] | None = None) -> tuple[float, int]:
     """Lanczos estimate of ``||C||``, C = (I - QQ^T) A (I - QQ^T), from a random start.
 
     Three-term recurrence (no stored basis: ghosts do not change the largest ``|Ritz|``), each
@@ -102,8 +103,9 @@ def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
         num_matvecs: Lanczos steps k (products of one column).
         generator: CPU generator for the start vector.
         reduce: Sums inner products over processes.
-        stop_tol: Restart when a Lanczos coefficient falls to it (default: exact zero only;
+        stop_tol: Stop when a Lanczos coefficient falls to it (default: exact zero only;
             a run on rounding noise is harmless, a premature stop is not).
+        shard: ``(offset, global length)`` of this process's rows (sharded vectors).
 
     Returns:
         ``(theta, products)``: the largest ``|Ritz value|`` of C and the products spent.
@@ -111,14 +113,15 @@ def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
     """
     # An exact breakdown from a Gaussian start means (almost surely) that the Krylov space
     # holds every distinct eigenvalue of C, so the estimate is then exact: no restart.
-    return _lanczos_run(matmat, basis, num_matvecs, generator, reduce, stop_tol)
+    return _lanczos_run(matmat, basis, num_matvecs, generator, reduce, stop_tol, shard)
 
 
 def _lanczos_run(matmat: MatMat, basis: Tensor, steps: int, generator: torch.Generator,
-                 reduce: Reduce, stop_tol: float) -> tuple[float, int]:
+                 reduce: Reduce, stop_tol: float,
+                 shard: tuple[int, int] | None) -> tuple[float, int]:
     """One three-term Lanczos run on the deflated operator; stops on breakdown."""
     n = basis.shape[0]
-    v = _block.draw(n, 1, generator, basis.dtype, basis.device)
+    v = _block.draw(n, 1, generator, basis.dtype, basis.device, shard)
     v = project_out(v, basis, reduce, passes=2)
     nrm = math.sqrt(float(inner(v, v, reduce, dtype=F64)))
     if nrm == 0.0:
@@ -159,7 +162,8 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
                 certificate_steps: int | None = None, generator: torch.Generator,
                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                 reduce: Reduce = None, state: KrylovState | None = None,
-                on_block: Callable[[KrylovState], None] | None = None) -> KrylovRank:
+                on_block: Callable[[KrylovState], None] | None = None,
+                shard: tuple[int, int] | None = None) -> KrylovRank:
     """Numerical rank ``#{|lambda| > tau}`` of a symmetric operator, with a certificate.
 
     Adaptive randomized block Krylov (block Lanczos, full CGS2 reorthogonalization, Gaussian
@@ -191,6 +195,9 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             to an uninterrupted run (the generator state is restored from it).
         on_block: Called with the live state after every block (e.g. to checkpoint
             ``state.snapshot()``); must not modify it.
+        shard: ``(offset, global length)`` when each process holds rows
+            ``offset:offset + n`` of every vector (pass ``reduce`` too): random blocks are
+            drawn full length and sliced, and sizes and budgets refer to the global length.
 
     Returns:
         A :class:`KrylovRank`. With an exactly rank-r operator and separated nonzero
@@ -203,6 +210,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         TypeError: If ``generator`` is not a ``torch.Generator``.
     """
     check_positive_int("n", n)
+    n_local, n = n, (shard[1] if shard is not None else n)
     check_positive_int("block_size", block_size)
     if certificate_steps is None:
         certificate_steps = certificate_steps_for(n)
@@ -220,12 +228,13 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     eps = torch.finfo(dtype).eps
 
     if state is None:
-        start = _block.draw(n, min(block_size, n), generator, dtype, device)
-        state = _block.init_state(n, block_size, start, generator, reduce)
+        start = _block.draw(n_local, min(block_size, n), generator, dtype, device, shard)
+        state = _block.init_state(n_local, block_size, start, generator, reduce, shard)
         state.extra.update(sigma=0.0, ritz=None, ritz_size=-1, cert_theta=math.inf,
                            cert_size=-1, certified=False)
     else:
-        if state.n != n or state.dtype != dtype or state.block_size != block_size:
+        if (state.n != n_local or state.dtype != dtype or state.block_size != block_size
+                or state.shard != shard):
             msg = "state comes from a different problem (n, dtype or block_size differ)"
             raise ValueError(msg)
         generator.set_state(state.generator_state)
@@ -262,7 +271,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             theta, used = 0.0, 0
         else:
             theta, used = deflated_norm(matmat, state.basis, num_matvecs=certificate_steps,
-                                        generator=generator, reduce=reduce)
+                                        generator=generator, reduce=reduce, shard=shard)
         state.num_matvecs += used
         ex["cert_theta"] = min(ex["cert_theta"], theta)
         ex["cert_size"] = state.size
