@@ -120,6 +120,15 @@ def check_mlp(args, device, report) -> None:
         out[kind] = {"formula": pred.rank(kind), "exact_cpu": cpu, "sketch_device": dev.rank,
                      "certified": dev.certified, "matvecs": dev.matvecs}
     rec["float64_ranks"] = out
+    dens = {}
+    for where in ("cpu", device):
+        m = small.to(where)
+        r = hr.estimate_rank(m, "mse", (xs.to(where), ys.to(where)), "outer", method="density",
+                             seed=args.seed, density={"num_probes": 4})
+        dens[str(where)] = {"estimate": r.extra["estimate"], "interval": [r.rank_low, r.rank_high],
+                            "matvecs": r.matvecs}
+    small = small.cpu()
+    rec["density_outer_cpu_vs_device"] = dens
 
 
 def to(data, device, dtype):

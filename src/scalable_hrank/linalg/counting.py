@@ -304,9 +304,9 @@ def detect_gap(nodes: Tensor, weights: Tensor, tau: float, *, n: int, ratio: flo
 # --- lock-step Lanczos without a basis (shared by SLQ and the KPM spectrum bounds) ---
 
 def _dot(x: Tensor, y: Tensor, reduce: Reduce) -> Tensor:
-    """Column-wise inner products, float64, summed over processes."""
+    """Column-wise inner products, float64 on the CPU (m numbers), summed over processes."""
     d = (x * y).sum(0, dtype=torch.float64)
-    return d if reduce is None else reduce(d)
+    return (d if reduce is None else reduce(d)).cpu()
 
 
 @dataclass
@@ -327,7 +327,7 @@ class _LanczosState:
 def _start(z: Tensor, reduce: Reduce) -> tuple[_LanczosState, Tensor]:
     m = z.shape[1]
     sq = _dot(z, z, reduce)
-    v = z / sq.sqrt().to(z.dtype)
+    v = z / sq.sqrt().to(z.device, z.dtype)
     f64 = dict(dtype=torch.float64)
     state = _LanczosState(v_prev=torch.zeros_like(v), v=v, beta_prev=torch.zeros(m, **f64),
                           alphas=[], betas=[], lengths=torch.zeros(m, dtype=torch.int64),
@@ -347,13 +347,13 @@ def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> No
         bp = state.beta_prev[idx]
         w = op(v)
         state.num_matvecs += idx.numel()
-        w = w - vp * bp.to(dt)
+        w = w - vp * bp.to(w.device, dt)
         alpha = _dot(v, w, reduce)
-        w = w - v * alpha.to(dt)
+        w = w - v * alpha.to(w.device, dt)
         # cheap local reorthogonalization against the two latest vectors (one reduce)
         c = _dot(torch.cat([v, vp], 1), torch.cat([w, w], 1), reduce)
         k = idx.numel()
-        w = w - v * c[:k].to(dt) - vp * c[k:].to(dt)
+        w = w - v * c[:k].to(w.device, dt) - vp * c[k:].to(w.device, dt)
         alpha = alpha + c[:k]
         beta = _dot(w, w, reduce).clamp_min(0).sqrt()
         a_full = torch.zeros_like(state.beta_prev)
@@ -367,7 +367,7 @@ def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> No
         broke = beta <= tol * state.scale[idx]
         safe = torch.where(broke, torch.ones_like(beta), beta)
         state.v_prev[:, idx] = v
-        state.v[:, idx] = w / safe.to(dt)
+        state.v[:, idx] = w / safe.to(w.device, dt)
         state.beta_prev[idx] = beta
         state.active[idx[broke]] = False
 
