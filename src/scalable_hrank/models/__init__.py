@@ -4,7 +4,7 @@ from .attention import attention_implementation, ensure_double_backward_attentio
 from .hf import HFModule, detect_task, load_hf, minilm_path, wrap_hf_model
 from .params import freeze_except, match_parameters, select_parameters, split_patterns
 from .sources import SCHEMES, ModelBundle, load_model_spec, load_state_dict_file, parse_spec
-from .tasks import TASK_NAMES, Task, builtin_loss, call_model
+from .tasks import TASK_NAMES, Task, call_model
 from .unused import UnusedParameters, exclude_unused, find_unused_parameters
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "Task",
     "UnusedParameters",
     "attention_implementation",
-    "builtin_loss",
     "call_model",
     "detect_task",
     "ensure_double_backward_attention",

@@ -24,7 +24,6 @@ See docs/minilm.md.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Task", "TASK_NAMES", "builtin_loss", "call_model"]
+__all__ = ["Task", "TASK_NAMES", "call_model"]
 
 #: Tasks understood by :class:`Task` and ``load_model_spec(task=...)``.
 TASK_NAMES = ("embedding", "classification", "masked_lm", "causal_lm")
@@ -55,44 +54,6 @@ def call_model(model: Callable[..., Tensor], inputs: Any) -> Tensor:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
-
-
-def builtin_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """Return the built-in loss ``name`` as a callable (definitions of docs/CONTRACTS.md).
-
-    Only used here for the one gradient that detects unused parameters and for tests; the
-    operators have their own implementations.
-
-    Args:
-        name: ``"mse"`` (mean over samples of 1/2 ||F - y||^2), ``"cross_entropy"`` (class
-            indices (N,) or probabilities (N, K)) or ``"logcosh"``.
-
-    Returns:
-        ``loss(outputs (N, K), targets) -> scalar``.
-
-    Raises:
-        ValueError: If ``name`` is not a built-in loss.
-    """
-    if name == "mse":
-        def mse(out: Tensor, y: Tensor) -> Tensor:
-            d = (out - y).reshape(out.shape[0], -1)
-            return 0.5 * (d * d).sum() / out.shape[0]
-        return mse
-    if name == "cross_entropy":
-        def ce(out: Tensor, y: Tensor) -> Tensor:
-            if y.dtype.is_floating_point:
-                return -(y * torch.log_softmax(out, dim=-1)).sum() / out.shape[0]
-            return torch.nn.functional.cross_entropy(out, y)
-        return ce
-    if name == "logcosh":
-        def logcosh(out: Tensor, y: Tensor) -> Tensor:
-            d = (out - y).reshape(out.shape[0], -1)
-            # log cosh(d) = |d| + log1p(exp(-2|d|)) - log 2, stable for large |d|.
-            a = d.abs()
-            return (a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)).sum() / out.shape[0]
-        return logcosh
-    msg = f"loss must be one of ('mse', 'cross_entropy', 'logcosh') or a callable; got {name!r}"
-    raise ValueError(msg)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .tasks import builtin_loss, call_model
+from ..operators.losses import resolve_loss
+from .tasks import call_model
 
 __all__ = ["UnusedParameters", "find_unused_parameters", "exclude_unused"]
 
@@ -62,7 +63,7 @@ def find_unused_parameters(model: nn.Module, loss: str | Callable[[Tensor, Tenso
     Returns:
         The unreached and zero-gradient parameter names, in ``named_parameters()`` order.
     """
-    loss_fn = builtin_loss(loss) if isinstance(loss, str) else loss
+    loss_fn = resolve_loss(loss)[1]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         return UnusedParameters((), ())
