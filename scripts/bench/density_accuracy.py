@@ -4,7 +4,7 @@ Synthetic Gaussian data, widths [d, m, m, K], float64. Truth: theory.predict_ran
 linear nets at a generic point; PAPER.md). For each n the script reports estimate, interval,
 products, seconds and whether SLQ converged; infeasible kinds report the products they need.
 
-    python scripts/bench/density_accuracy.py --widths 34,214,961 --kinds outer,functional,loss
+    python scripts/bench/density_accuracy.py --widths 68,280,961 --kinds outer,functional,loss
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from scalable_hrank.models.mlp import mlp
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--widths", default="34,214", help="hidden widths m (n ~ m^2 + 80 m)")
+    ap.add_argument("--widths", default="68,280", help="hidden widths m (n = m^2 + 80 m)")
     ap.add_argument("--kinds", default="outer,functional,loss")
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--classes", type=int, default=16)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--probes", type=int, default=8)
-    ap.add_argument("--max-matvecs", type=int, default=4000)
+    ap.add_argument("--max-matvecs", type=int, default=None,
+                    help="SLQ budget (default: the package default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON rows")
     args = ap.parse_args(argv)

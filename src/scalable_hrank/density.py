@@ -14,7 +14,7 @@ from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.result import RankResult
 
 #: Default budget of the SLQ stage (products), probes and deflated eigenpairs.
-DEFAULT_DENSITY_MATVECS = 8000
+DEFAULT_DENSITY_MATVECS = 12000
 DEFAULT_PROBES = 8
 DEFAULT_DEFLATE = 32
 

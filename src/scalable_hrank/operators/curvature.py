@@ -176,14 +176,17 @@ class CurvatureOperator:
                    f"got {tuple(block.shape)}")
             raise ValueError(msg)
         mat = mat.to(device=self.device, dtype=self.dtype)
-        out = torch.zeros_like(mat)
+        out: Tensor | None = None
         for index, mv in self._matvecs_per_batch():
             part = self._apply_block(mv, mat)
-            if not torch.isfinite(part).all():
+            # one reduction first (cheap); the elementwise check only if it is not finite
+            if not torch.isfinite(part.sum()) and not torch.isfinite(part).all():
                 msg = (f"non-finite curvature product on batch {index} after "
                        f"{self.matvecs} products")
                 raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=index)
-            out += part
+            out = part if out is None else out.add_(part)
+        if out is None:  # no batch on this process (a data shard can be empty)
+            out = torch.zeros_like(mat)
         if _distributed():
             torch.distributed.all_reduce(out)
         self.matvecs += mat.shape[1]
