@@ -2,18 +2,25 @@
 
 Parts (each runs alone; ``--all`` runs every part):
 
-    --blocks   certified ranks (method sketch, float64) of a LayerNorm, one attention
-               projection and one MLP layer, for H_L, H_O and H_F; exact dense ranks as a
-               cross-check for blocks with n <= --exact-max-n.
-    --density  density estimate (SLQ count with an interval) for one whole transformer layer.
-    --tokens   rank vs number of input tokens for one block (sentences truncated to L tokens,
-               and more sentences at full length).
+    --blocks   certified ranks (method sketch, float64) of layer-5 blocks (final LayerNorm,
+               attention value bias, MLP intermediate bias, the whole attention value
+               projection on a short input) for H_L, H_O and H_F; exact dense ranks as a
+               cross-check for blocks with n <= --exact-max-n (kinds --exact-kinds).
+    --density  density estimate (deflated SLQ count with an interval) for one whole
+               transformer layer; a small product budget for the indefinite kinds reports
+               what they would need.
+    --tokens   rank vs number of input tokens: the final LayerNorm (one sentence truncated
+               to L tokens, then more sentences) and the attention value projection (one
+               sentence of L = 2, 3 tokens).
 
-Every run writes ``<out>/<part>.json`` (one record per rank: block, kind, n, rank, certified,
-matvecs, seconds, rank_low/high, tol) and a PNG plot next to it. Small defaults; see
-docs/minilm.md for the commands and the numbers.
+Every part writes ``<out>/<part>.json`` (one record per rank: block, kind, n, rank,
+certified, matvecs, seconds, rank_low/high, tol, data) and ``<fig-dir>/minilm_<part>.png``.
+Measured commands, times and numbers: docs/minilm.md.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=src python scripts/minilm_study.py --blocks
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/minilm_study.py --blocks
+
+Threads: on a shared 2-core machine OMP_NUM_THREADS=1 was 5x faster than 2 (spinning
+OpenMP threads); use all cores only on an idle machine.
 """
 
 from __future__ import annotations
@@ -30,17 +37,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from scalable_hrank.models import load_model_spec, select_parameters  # noqa: E402
-from scalable_hrank.planner import plan  # noqa: E402
+from scalable_hrank.planner import PlanError, plan  # noqa: E402
 
 log = logging.getLogger("minilm_study")
 
 KINDS = ("loss", "outer", "functional")
+#: name -> parameter glob (all in the last transformer layer, number 5).
 BLOCKS = {
-    "layernorm": "encoder.layer.5.output.LayerNorm.*",              # 768
-    "attn_value": "encoder.layer.5.attention.self.value.*",         # 147,840
-    "mlp_out": "encoder.layer.5.output.dense.*",                    # 590,208
+    "layernorm": "encoder.layer.5.output.LayerNorm.*",               # 768
+    "value_bias": "encoder.layer.5.attention.self.value.bias",       # 384
+    "mlp_in_bias": "encoder.layer.5.intermediate.dense.bias",        # 1,536
+    "attn_value": "encoder.layer.5.attention.self.value.*",          # 147,840
+    "mlp_out": "encoder.layer.5.output.dense.*",                     # 590,208
 }
-LAYER = "encoder.layer.5.*"                                         # 1,774,464
+LAYER = "encoder.layer.5.*"                                          # 1,774,464
+#: Output dimension of the embedding (hidden size); H_O has rank <= (D - 1) per sentence.
+D = 384
 
 
 def _rank_api():
@@ -53,81 +65,141 @@ def _rank_api():
 def _record(res, **extra) -> dict:
     d = {k: getattr(res, k, None) for k in ("rank", "n", "kind", "method", "certified",
                                             "matvecs", "seconds", "rank_low", "rank_high",
-                                            "confidence", "tol", "dtype")}
+                                            "confidence", "tol", "scale", "dtype")}
     d["rank_curve"] = [list(p) for p in getattr(res, "rank_curve", ()) or ()]
+    d["gap"] = list(res.gap) if getattr(res, "gap", None) else None
+    d["notes"] = list(getattr(res, "notes", ()) or ())
     d.update(extra)
     return d
 
 
-def _bundle(args, **kw):
-    return load_model_spec("hf:minilm", num_samples=kw.pop("num_samples", args.sentences),
-                           max_length=kw.pop("max_length", args.max_length), seed=args.seed)
+def _bundle(args, sentences: int, length: int):
+    b = load_model_spec("hf:minilm", num_samples=sentences, max_length=length, seed=args.seed)
+    tokens = int(sum(int(x["attention_mask"].sum()) for x, _ in b.data))
+    return b, tokens
 
 
 def _n(model, glob) -> int:
     return sum(p.numel() for _, p in select_parameters(model, glob))
 
 
+def _block_size(args, n: int) -> int:
+    """Wide blocks for large n: the CGS2 passes over the (n, rank) basis are memory bound,
+    so their cost scales with the number of blocks (8 -> 64 halved the time at n = 147,840)."""
+    return args.big_block_size if n > args.big_n else args.block_size
+
+
+def _parse_block_data(items: list[str]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for item in items:
+        name, _, nl = item.partition("=")
+        s, _, length = nl.partition(":")
+        out[name] = (int(s), int(length))
+    return out
+
+
+def _plan(b, n, method, expected_rank=None, **kw):
+    try:
+        p = plan(b.model, n, b.data[0], method, torch.float64, "cpu",
+                 expected_rank=expected_rank, **kw)
+    except PlanError as exc:  # report and go on: the planner is conservative
+        log.warning("planner: %s", exc)
+        return None
+    return p  # plan() logs its summary
+
+
 def part_blocks(args) -> list[dict]:
     estimate_rank, exact_rank = _rank_api()
-    b = _bundle(args)
+    overrides = _parse_block_data(args.block_data)
+    bundles: dict[tuple[int, int], tuple] = {}
     rows = []
-    names = args.block_names.split(",")
-    for name in names:
+    for name in args.block_names.split(","):
         glob = BLOCKS[name]
+        sentences, length = overrides.get(name, (args.sentences, args.max_length))
+        if (sentences, length) not in bundles:
+            bundles[sentences, length] = _bundle(args, sentences, length)
+        b, tokens = bundles[sentences, length]
         n = _n(b.model, glob)
-        p = plan(b.model, n, b.data[0], "sketch", torch.float64, "cpu",
-                 expected_rank=min(n, args.sentences * 383))
-        log.info("%s (%s): n = %d\n%s", name, glob, n, p.summary())
+        bs = _block_size(args, n)
+        p = _plan(b, n, "sketch", expected_rank=min(n, tokens * D), block_size=bs)
+        log.info("%s (%s): n = %d, %d sentences, %d tokens, block %d", name, glob, n,
+                 sentences, tokens, bs)
         for kind in args.kinds.split(","):
             res = estimate_rank(b.model, b.loss, b.data, kind, method="sketch", params=glob,
-                                seed=args.seed, block_size=args.block_size)
-            row = _record(res, block=name, glob=glob, plan_bytes=p.total_bytes)
-            if n <= args.exact_max_n:
+                                seed=args.seed, block_size=bs)
+            row = _record(res, block=name, glob=glob, sentences=sentences, max_length=length,
+                          tokens=tokens, block_size=bs,
+                          plan_bytes=p.total_bytes if p else None)
+            if n <= args.exact_max_n and kind in args.exact_kinds.split(","):
                 ex = exact_rank(b.model, b.loss, b.data, kind, params=glob)
                 row.update(exact_rank=ex.rank, exact_seconds=ex.seconds)
-            log.info("%-10s %-10s n=%-8d rank=%-6s certified=%s matvecs=%d %.1fs", name, kind,
-                     n, res.rank, res.certified, res.matvecs, res.seconds)
+            log.info("%-11s %-10s n=%-7d rank=%-5d certified=%s matvecs=%d %.1fs exact=%s",
+                     name, kind, n, res.rank, res.certified, res.matvecs, res.seconds,
+                     row.get("exact_rank"))
             rows.append(row)
-    _plot_blocks(rows, args.out / "blocks.png")
+    _plot_blocks(rows, args.fig_dir / "minilm_blocks.png")
     return rows
 
 
 def part_density(args) -> list[dict]:
     estimate_rank, _ = _rank_api()
-    b = _bundle(args)
+    b, tokens = _bundle(args, args.density_sentences, args.max_length)
     n = _n(b.model, args.layer)
-    p = plan(b.model, n, b.data[0], "density", torch.float64, "cpu")
-    log.info("layer %s: n = %d\n%s", args.layer, n, p.summary())
+    _plan(b, n, "density", probes=args.density_probes, deflation=args.density_deflate)
+    log.info("layer %s: n = %d, %d sentences, %d tokens", args.layer, n,
+             args.density_sentences, tokens)
     rows = []
     for kind in args.kinds.split(","):
+        budget = args.density_matvecs if kind == "outer" else args.density_matvecs_indefinite
         res = estimate_rank(b.model, b.loss, b.data, kind, method="density", params=args.layer,
-                            seed=args.seed, max_matvecs=args.density_matvecs)
-        rows.append(_record(res, block="layer", glob=args.layer,
-                            density_fraction=res.rank / res.n))
-        log.info("layer %-10s n=%d rank=%d [%s, %s] matvecs=%d %.1fs", kind, n, res.rank,
-                 res.rank_low, res.rank_high, res.matvecs, res.seconds)
-    _plot_density(rows, args.out / "density.png")
+                            seed=args.seed, max_matvecs=budget,
+                            density={"num_probes": args.density_probes,
+                                     "num_deflate": args.density_deflate})
+        ex = res.extra
+        rows.append(_record(res, block="layer", glob=args.layer, budget=budget,
+                            sentences=args.density_sentences, tokens=tokens,
+                            feasible=ex.get("feasible"), matvecs_needed=ex.get("matvecs_needed"),
+                            steps_needed=ex.get("steps_needed"), kappa=ex.get("kappa"),
+                            estimate=ex.get("estimate"), probe_std=ex.get("probe_std"),
+                            num_steps=ex.get("num_steps"),
+                            deflation_matvecs=ex.get("deflation_matvecs"),
+                            deflated_count=ex.get("deflated_count")))
+        log.info("layer %-10s n=%d rank=%d [%s, %s] feasible=%s needed=%s matvecs=%d %.1fs",
+                 kind, n, res.rank, res.rank_low, res.rank_high, ex.get("feasible"),
+                 ex.get("matvecs_needed"), res.matvecs, res.seconds)
+    _plot_density(rows, args.fig_dir / "minilm_density.png")
     return rows
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
 
 
 def part_tokens(args) -> list[dict]:
     estimate_rank, _ = _rank_api()
-    glob = BLOCKS[args.token_block]
-    settings = [(1, L) for L in (int(x) for x in args.token_lengths.split(","))]
-    settings += [(int(s), args.max_length) for s in args.sentence_counts.split(",")]
+    runs = [(args.token_block, 1, L, args.kinds) for L in _ints(args.token_lengths)]
+    runs += [(args.token_block, s, args.max_length, args.kinds)
+             for s in _ints(args.sentence_counts)]
+    runs += [("attn_value", 1, L, args.value_kinds) for L in _ints(args.value_lengths)]
     rows = []
-    for sentences, length in settings:
-        b = _bundle(args, num_samples=sentences, max_length=length)
-        tokens = int(sum(int(x["attention_mask"].sum()) for x, _ in b.data))
-        for kind in args.kinds.split(","):
+    prior = args.out / "blocks.json"  # reuse attn_value ranks the --blocks part measured
+    if prior.exists():
+        rows += [dict(r, reused_from="blocks.json") for r in
+                 json.loads(prior.read_text())["rows"] if r["block"] == "attn_value"
+                 and r["sentences"] == 1 and r["max_length"] not in _ints(args.value_lengths)]
+    for block, sentences, length, kinds in runs:
+        glob = BLOCKS[block]
+        b, tokens = _bundle(args, sentences, length)
+        n = _n(b.model, glob)
+        for kind in kinds.split(","):
             res = estimate_rank(b.model, b.loss, b.data, kind, method="sketch", params=glob,
-                                seed=args.seed, block_size=args.block_size)
-            rows.append(_record(res, block=args.token_block, sentences=sentences,
-                                max_length=length, tokens=tokens))
-            log.info("N=%d L=%d tokens=%d %-10s rank=%d/%d certified=%s %.1fs", sentences,
-                     length, tokens, kind, res.rank, res.n, res.certified, res.seconds)
-    _plot_tokens(rows, args.out / "tokens.png")
+                                seed=args.seed, block_size=_block_size(args, n))
+            rows.append(_record(res, block=block, sentences=sentences, max_length=length,
+                                tokens=tokens))
+            log.info("%s N=%d L=%d tokens=%d %-10s rank=%d/%d certified=%s matvecs=%d %.1fs",
+                     block, sentences, length, tokens, kind, res.rank, res.n, res.certified,
+                     res.matvecs, res.seconds)
+    _plot_tokens(rows, args.fig_dir / "minilm_tokens.png")
     return rows
 
 
@@ -142,52 +214,83 @@ def _plt():
 
 def _plot_blocks(rows, path):
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     blocks = list(dict.fromkeys(r["block"] for r in rows))
     for j, kind in enumerate(KINDS):
-        ks = [r for r in rows if r["kind"] == kind]
-        axes[0].bar([i + 0.27 * (j - 1) for i in range(len(ks))],
-                    [r["rank"] / r["n"] for r in ks], width=0.27, label=kind)
-        for r in ks:
-            if r["rank_curve"]:
-                t, k = zip(*r["rank_curve"], strict=True)
-                axes[1].loglog(t, [max(v, 0.5) for v in k], label=f"{r['block']} {kind}")
-    axes[0].set_xticks(range(len(blocks)), blocks)
+        xs, ys = [], []
+        for i, name in enumerate(blocks):
+            r = next((r for r in rows if r["block"] == name and r["kind"] == kind), None)
+            if r is not None:
+                xs.append(i + 0.27 * (j - 1))
+                ys.append(r["rank"] / r["n"])
+        axes[0].bar(xs, ys, width=0.27, label=kind)
+        for r in (r for r in rows if r["kind"] == kind and r["rank_curve"]):
+            t, k = zip(*r["rank_curve"], strict=True)
+            axes[1].loglog([x / r["scale"] for x in t], [max(v, 0.5) for v in k],
+                           label=f"{r['block']} {kind}")
+    labels = [f"{name}\n(n={next(r['n'] for r in rows if r['block'] == name):,})"
+              for name in blocks]
+    axes[0].set_xticks(range(len(blocks)), labels, fontsize=7)
     axes[0].set_ylabel("rank / n")
-    axes[0].legend()
-    axes[1].set_xlabel("threshold tau")
-    axes[1].set_ylabel("rank(tau)")
-    axes[1].legend(fontsize=6)
+    axes[0].set_title("certified ranks (sketch, float64)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].set_xlabel("threshold / sigma_max(H_L)")
+    axes[1].set_ylabel("rank(threshold)")
+    axes[1].set_title("rank curves", fontsize=9)
+    axes[1].legend(fontsize=5, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_density(rows, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for i, r in enumerate(rows):
-        lo, hi = r["rank_low"] or r["rank"], r["rank_high"] or r["rank"]
-        ax.errorbar([i], [r["rank"]], yerr=[[r["rank"] - lo], [hi - r["rank"]]], fmt="o")
+        lo, hi = r["rank_low"], r["rank_high"]
+        ax.errorbar([i], [r["rank"]], yerr=[[r["rank"] - lo], [hi - r["rank"]]], fmt="o",
+                    capsize=4, color="C0" if r["feasible"] else "C3")
+        txt = "feasible" if r["feasible"] else f"infeasible\nneeds {r['matvecs_needed']:,}"
+        ax.annotate(f"{r['rank']:,}\n{txt}", (i, r["rank"]), textcoords="offset points",
+                    xytext=(8, 0), fontsize=7)
+    ax.set_yscale("log")
     ax.set_xticks(range(len(rows)), [r["kind"] for r in rows])
-    ax.set_ylabel(f"rank of {rows[0]['glob']} (n = {rows[0]['n']:,})")
+    ax.set_xlim(-0.5, len(rows) - 0.2)
+    ax.set_ylabel("rank (interval; red: lower bound only)")
+    ax.set_title(f"{rows[0]['glob']} (n = {rows[0]['n']:,}), {rows[0]['sentences']} sentence(s)",
+                 fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_tokens(rows, path):
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for kind in KINDS:
-        ks = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["tokens"])
-        if ks:
-            ax.plot([r["tokens"] for r in ks], [r["rank"] for r in ks], "o-", label=kind)
-    if rows:
-        ax.axhline(rows[0]["n"], color="gray", ls=":", label="n")
-    ax.set_xlabel("input tokens (real, summed over sentences)")
-    ax.set_ylabel(f"rank ({rows[0]['block'] if rows else ''})")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, block in zip(axes, ("layernorm", "attn_value"), strict=True):
+        br = [r for r in rows if r["block"] == block]
+        if not br:
+            continue
+        for kind, marker in zip(KINDS, "os^", strict=True):
+            for one, ls in ((True, "-"), (False, "--")):
+                ks = sorted((r for r in br if r["kind"] == kind and
+                             (r["sentences"] == 1) == one), key=lambda r: r["tokens"])
+                if ks:
+                    ax.plot([r["tokens"] for r in ks], [r["rank"] for r in ks], marker + ls,
+                            label=f"{kind} ({'1 sentence' if one else 'N sentences'})",
+                            alpha=0.8)
+        tk = sorted({r["tokens"] for r in br})
+        if block == "attn_value":
+            ax.plot(tk, [D * t for t in tk], "k:", label="384 x tokens")
+        ax.axhline(br[0]["n"] if br[0]["n"] < 5000 else D, color="gray", ls=":",
+                   label="n" if br[0]["n"] < 5000 else "383 / sentence (H_O)")
+        ax.set_xlabel("input tokens (summed over sentences)")
+        ax.set_ylabel("certified rank")
+        ax.set_title(f"{BLOCKS[block]} (n = {br[0]['n']:,})", fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -197,22 +300,44 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", action="store_true")
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("hrank-out/minilm"))
-    ap.add_argument("--sentences", type=int, default=4, help="built-in sentences (max 16)")
+    ap.add_argument("--fig-dir", type=Path, default=None, help="PNG folder (default --out)")
+    ap.add_argument("--sentences", type=int, default=2, help="built-in sentences (max 16)")
     ap.add_argument("--max-length", type=int, default=16, help="token truncation")
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--block-names", default="layernorm,attn_value,mlp_out",
+    ap.add_argument("--block-names", default="layernorm,value_bias,mlp_in_bias,attn_value",
                     help=f"comma list of {list(BLOCKS)}")
+    ap.add_argument("--block-data", action="append", default=None,
+                    help="NAME=SENTENCES:MAX_LENGTH for one block (default attn_value=1:2: "
+                         "its H_L rank grows as 384 x tokens)")
     ap.add_argument("--block-size", type=int, default=8)
-    ap.add_argument("--exact-max-n", type=int, default=3000)
+    ap.add_argument("--big-block-size", type=int, default=64,
+                    help="block size for blocks with n > --big-n")
+    ap.add_argument("--big-n", type=int, default=20_000)
+    ap.add_argument("--exact-max-n", type=int, default=1600)
+    ap.add_argument("--exact-kinds", default="loss,functional",
+                    help="exact cross-checks (outer costs n full forwards)")
     ap.add_argument("--layer", default=LAYER)
-    ap.add_argument("--density-matvecs", type=int, default=2000)
+    ap.add_argument("--density-sentences", type=int, default=1)
+    ap.add_argument("--density-matvecs", type=int, default=1200, help="SLQ budget, kind outer")
+    ap.add_argument("--density-matvecs-indefinite", type=int, default=160,
+                    help="SLQ budget for loss/functional (enough to read what they need)")
+    ap.add_argument("--density-probes", type=int, default=4)
+    ap.add_argument("--density-deflate", type=int, default=16)
     ap.add_argument("--token-block", default="layernorm", choices=list(BLOCKS))
-    ap.add_argument("--token-lengths", default="3,4,6,8,12", help="lengths with 1 sentence")
-    ap.add_argument("--sentence-counts", default="1,2,4", help="sentence counts at max length")
+    ap.add_argument("--token-lengths", default="3,6,16", help="lengths with 1 sentence")
+    ap.add_argument("--sentence-counts", default="2,3", help="sentence counts at max length")
+    ap.add_argument("--value-lengths", default="3",
+                    help="attn_value: 1 sentence, L tokens (L = 2 comes from --blocks)")
+    ap.add_argument("--value-kinds", default="loss")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.block_data is None:
+        args.block_data = ["attn_value=1:2"]
+    if args.fig_dir is None:
+        args.fig_dir = args.out
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+    args.fig_dir.mkdir(parents=True, exist_ok=True)
     parts = {"blocks": part_blocks, "density": part_density, "tokens": part_tokens}
     chosen = [p for p in parts if args.all or getattr(args, p)]
     if not chosen:
@@ -221,8 +346,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rows = parts[name](args)
         meta = {"part": name, "seconds": time.perf_counter() - t0, "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in
-                                                             vars(args).items()}}
+                "threads": torch.get_num_threads(), "load": os.getloadavg(),
+                "args": {k: str(v) for k, v in vars(args).items()}}
         (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                                           indent=1, default=str))
         log.info("%s: %d rows in %.1fs -> %s", name, len(rows), meta["seconds"],

@@ -76,6 +76,26 @@ def wait_for_text(path: Path, text: str, *, timeout: float) -> float:
     raise AssertionError(msg)
 
 
+def signal_until(target: str, path: Path, text: str, *, timeout: float,
+                 every: float = 3.0) -> float:
+    """Send ``scancel --batch --signal=USR1 target`` until ``text`` appears in ``path``.
+
+    One signal is sent at a time and repeated only if ``text`` has not appeared ``every``
+    seconds later: under load slurmd can drop a signal sent while the batch step starts.
+    Returns the seconds from the first signal to ``text``.
+    """
+    t0 = time.monotonic()
+    while True:
+        subprocess.run(["scancel", "--batch", "--signal=USR1", target], check=False,
+                       capture_output=True)
+        try:
+            wait_for_text(path, text, timeout=every)
+            return time.monotonic() - t0
+        except AssertionError:
+            if time.monotonic() - t0 > timeout:
+                raise
+
+
 def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -> int:
     """The worker: see the module docstring. Returns the exit code."""
     fp = fingerprint([], None, {"steps": steps, "worker": "slurm_utils"})

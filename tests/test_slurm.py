@@ -19,6 +19,7 @@ from scalable_hrank.distributed import slurm  # noqa: E402
 from slurm_utils import (  # noqa: E402
     hrank,
     preemptible_loop,
+    signal_until,
     slurm_unavailable_reason,
     submit,
     wait_for_text,
@@ -147,7 +148,7 @@ def test_preemption_requeue_resume_and_scancel(tmp_path):
                            throttle_seconds=0.6)
     ref_b = run_task({**load_config(cfg_path).task(3), "throttle_seconds": 0.0}, tmp_path / "ref")
     ref_a = tmp_path / "ref.json"
-    assert preemptible_loop(ref_a, tmp_path / "ref.ckpt", steps=30, delay=0) == 0
+    assert preemptible_loop(ref_a, tmp_path / "ref.ckpt", steps=60, delay=0) == 0
 
     def worker(name: str, steps: int) -> tuple[str, Path]:
         log = tmp_path / f"{name}.out"
@@ -157,7 +158,7 @@ def test_preemption_requeue_resume_and_scancel(tmp_path):
                      "--delay", "0.3")
         return job, log
 
-    job_a, log_a = worker("a", 30)
+    job_a, log_a = worker("a", 60)
     job_c, log_c = worker("c", 40)
     out_b = tmp_path / "out"
     job_b = submit("sweep", str(cfg_path), "--out", str(out_b), "--tasks", "3", *CPU)
@@ -165,11 +166,9 @@ def test_preemption_requeue_resume_and_scancel(tmp_path):
 
     t_a = wait_for_text(log_a, "worker: step 3", timeout=60)
     t0 = time.monotonic()
-    os.system(f"scancel --batch --signal=USR1 {job_a}")  # noqa: S605 - the documented way
-    t_signal = wait_for_text(log_a, "caught SIGUSR1", timeout=30)
+    t_signal = signal_until(job_a, log_a, "caught SIGUSR1", timeout=30)
     wait_for_text(log_b, "task 3: started", timeout=60)
-    os.system(f"scancel --batch --signal=USR1 {job_b}_3")  # noqa: S605
-    wait_for_text(log_b, "caught SIGUSR1", timeout=30)
+    signal_until(f"{job_b}_3", log_b, "caught SIGUSR1", timeout=30)
     wait_for_text(log_c, "worker: step 2", timeout=60)
     os.system(f"scancel {job_c}")  # noqa: S605
     wait_for_text(log_a, "requeueing job", timeout=30)

@@ -88,6 +88,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         val = getattr(args, key, None)
         if val is not None:
             out[key] = val
+    if not str(out["model"]).startswith("mlp:") and "samples" not in cfg and args.samples is None:
+        out.pop("samples")  # only the built-in mlp data use it; model specs bring their own
     if isinstance(out.get("params"), list):
         out["params"] = [g.strip() for item in out["params"] for g in str(item).split(",")
                          if g.strip()]
