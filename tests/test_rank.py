@@ -12,7 +12,7 @@ from torch import nn
 
 import scalable_hrank as hr
 from scalable_hrank.exact import exact_ranks
-from scalable_hrank.rank import choose_method
+from scalable_hrank.planner import PlanError
 from tests.dense_reference import PAPER_TABLE, gaussian_data, linear_mlp, table_id
 
 KINDS = ("loss", "outer", "functional")
@@ -121,16 +121,17 @@ def test_resume_from_block_state_is_identical() -> None:
     assert resumed.certified == full.certified
 
 
-def test_auto_choice() -> None:
-    small = choose_method(500, dtype=torch.float64, memory_bytes=2**33, block_size=8)
-    assert small.method == "exact"
-    assert choose_method(100_000, dtype=torch.float64, memory_bytes=2**30, block_size=8,
-                         expected_rank=500).method == "sketch"
-    pick = choose_method(100_000, dtype=torch.float64, memory_bytes=2**28, block_size=8)
-    assert pick.method == "density" and "does not fit" in pick.reason
-    model, loss, data = build(MODELS[0])
-    res = hr.estimate_rank(model, loss, data, "outer")
-    assert res.method == "exact" and any("auto chose exact" in n for n in res.notes)
+def test_auto_choice_follows_the_memory_plan() -> None:
+    model, loss, data = build(MODELS[6])  # n = 255
+    small = hr.estimate_rank(model, loss, data, "outer")
+    assert small.method == "exact" and any("auto chose exact" in n for n in small.notes)
+    assert small.extra["plan"]["method"] == "exact"
+    # 600 kB: no room for the dense matrix (8 n^2 = 0.5 MB plus workspace) -> a Krylov basis
+    sketch = hr.estimate_rank(model, loss, data, "outer", memory_bytes=600_000)
+    assert sketch.method == "sketch" and sketch.certified
+    assert sketch.rank == small.rank
+    with pytest.raises(PlanError, match="does not fit"):
+        hr.estimate_rank(model, loss, data, "outer", method="sketch", memory_bytes=1_000)
 
 
 @pytest.mark.parametrize(("kw", "match"), [

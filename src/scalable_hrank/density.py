@@ -14,7 +14,7 @@ from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.result import RankResult
 
 #: Default budget of the SLQ stage (products), probes and deflated eigenpairs.
-DEFAULT_DENSITY_MATVECS = 12000
+DEFAULT_DENSITY_MATVECS = 16000
 DEFAULT_PROBES = 8
 DEFAULT_DEFLATE = 32
 
@@ -58,7 +58,8 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
     deflation, spent = _deflation(op, k, generator)
     budget = max_matvecs if max_matvecs is not None else DEFAULT_DENSITY_MATVECS
     dr: DensityRank = slq_rank(op.matmat, op.size, tau=tau, generator=generator,
-                               num_probes=num_probes, max_matvecs=budget, psd=psd,
+                               num_probes=num_probes, max_matvecs=budget,
+                               max_steps=max(2, budget // num_probes), psd=psd,
                                deflation=deflation, confidence=confidence, dtype=op.dtype,
                                device=op.device)
     notes = list(dr.notes)

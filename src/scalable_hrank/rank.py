@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,59 +21,21 @@ from torch import nn
 from scalable_hrank._validation import check_choice, check_positive_int
 from scalable_hrank.density import density_rank
 from scalable_hrank.errors import NotConvergedError
-from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, dense_memory_bytes, exact_rank
+from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, exact_rank
 from scalable_hrank.linalg.eigen import eigenpairs, spectral_norm
-from scalable_hrank.linalg.krylov_rank import KrylovRank, krylov_rank
+from scalable_hrank.linalg.krylov_rank import KrylovRank, certificate_steps_for, krylov_rank
 from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.operators.losses import LossFn
+from scalable_hrank.planner import format_bytes, plan
 from scalable_hrank.result import RankResult, find_gap, rank_curve
 from scalable_hrank.threshold import check_thresholds, default_rtol
 
 METHODS = ("auto", "exact", "sketch", "lanczos", "density")
+#: Largest P for which method "auto" picks the dense reference.
+AUTO_EXACT_MAX_N = 3000
 
 #: Products spent on the spectral norm of H_L when another kind needs it as the scale.
 SCALE_MATVECS = 10
-
-
-@dataclass(frozen=True)
-class MethodChoice:
-    """What ``method="auto"`` picked, and why."""
-
-    method: str
-    reason: str
-
-
-def choose_method(n: int, *, dtype: torch.dtype, memory_bytes: int, block_size: int,
-                  expected_rank: int | None = None,
-                  dense_limit: int = 3000) -> MethodChoice:
-    """Pick exact, sketch or density from P, the expected rank and a memory budget.
-
-    Exact when P <= ``dense_limit`` and the dense float64 path fits; sketch when a basis of
-    (expected rank, or P when unknown) + 3 b + certificate vectors fits; density otherwise.
-    """
-    if n <= dense_limit and dense_memory_bytes(n, "functional") <= memory_bytes:
-        return MethodChoice("exact", f"P={n} <= {dense_limit}: dense float64 is exact and cheap")
-    itemsize = torch.finfo(dtype).bits // 8
-    room = memory_bytes // (n * itemsize) - 3 * block_size - 4
-    need = (expected_rank if expected_rank is not None else n)
-    if room >= need:
-        what = "P" if expected_rank is None else f"the expected rank {expected_rank}"
-        return MethodChoice("sketch", f"a Krylov basis of {what} + {3 * block_size} vectors "
-                                      f"fits in {memory_bytes / 2**30:.1f} GiB")
-    return MethodChoice("density", f"a basis of {need} vectors of length {n} does not fit in "
-                                   f"{memory_bytes / 2**30:.1f} GiB (room for {max(room, 0)}): "
-                                   "counting by spectral density")
-
-
-def default_memory_bytes(device: torch.device) -> int:
-    """Half the free memory of a CUDA device, or a quarter of the host's physical memory."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return DEFAULT_DENSE_MEMORY
 
 
 def _cast_model(model: nn.Module, dtype: torch.dtype | None,
@@ -151,8 +112,9 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         block_size: Krylov block width for "sketch".
         certificate_steps: Lanczos steps of the residual certificate (default: enough for a
             failure probability <= 1e-10, about 27-35).
-        memory_bytes: Memory budget for "auto" (default: half the free GPU memory, or a
-            quarter of the host's).
+        memory_bytes: Memory budget checked by :func:`scalable_hrank.planner.plan` before
+            solving (default: the device's free memory); "auto" picks exact, sketch or
+            density and the block size from it.
         cache: Keep per-batch graphs across products (see ``CurvatureOperator``).
         on_block: Called with the solver state after every Krylov block (checkpointing).
         resume_state: A state saved from ``on_block`` to resume from (bit-identical result).
@@ -181,12 +143,22 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     n = op.size
     notes: list[str] = []
     extra: dict[str, Any] = {}
+    first = next(iter(op._batches))  # noqa: SLF001 - the batch the planner measures
+    chosen = plan(model_c, n, (first.inputs, first.targets), method, dtype=op.dtype,
+                  device=op.device, memory_bytes=memory_bytes, block_size=block_size,
+                  exact_max_n=AUTO_EXACT_MAX_N)  # raises PlanError (numbers, fixes) if no fit
+    extra["plan"] = chosen.to_dict()
+    if (max_matvecs is None and chosen.max_rank is not None and chosen.max_rank < n
+            and chosen.method in ("sketch", "lanczos")):
+        # the basis must stay within the plan: beyond it the answer is a certified bound
+        max_matvecs = chosen.max_rank + (certificate_steps or certificate_steps_for(n))
+        notes.append(f"memory plan caps the Krylov basis at {chosen.max_rank} vectors")
     if method == "auto":
-        budget = memory_bytes if memory_bytes is not None else default_memory_bytes(op.device)
-        choice = choose_method(n, dtype=op.dtype, memory_bytes=budget, block_size=block_size)
-        method = choice.method
-        notes.append(f"auto chose {method}: {choice.reason}")
-        extra["auto_reason"] = choice.reason
+        method = chosen.method
+        block_size = chosen.block_size if method == "sketch" else block_size
+        notes.append(f"auto chose {method} (block {chosen.block_size}): needs "
+                     f"{format_bytes(chosen.total_bytes)} of {format_bytes(chosen.available_bytes)}"
+                     + (f"; basis holds ranks up to {chosen.max_rank}" if chosen.max_rank else ""))
     if method == "exact":
         res = exact_rank(model, loss, data, kind, params=params, rtol=rtol, atol=atol,
                          max_memory_bytes=max(DEFAULT_DENSE_MEMORY, memory_bytes or 0))
@@ -327,5 +299,4 @@ def eigenvalues(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "lo
     return wrap(pairs, pairs.converged)
 
 
-__all__ = ["METHODS", "EigenResult", "MethodChoice", "choose_method", "eigenvalues",
-           "estimate_rank"]
+__all__ = ["METHODS", "EigenResult", "eigenvalues", "estimate_rank"]

@@ -35,7 +35,7 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Options a config file may set (same names as the flags, with underscores).
 _CONFIG_KEYS = ("model", "data", "samples", "loss", "params", "kind", "method", "rtol", "atol",
                 "seed", "max_matvecs", "block_size", "dtype", "device", "out", "checkpoint",
-                "checkpoint_every", "probes", "distributed", "progress")
+                "checkpoint_every", "probes", "distributed", "progress", "memory")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -64,6 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, dest="block_size", help="default 8")
     p.add_argument("--probes", type=int, help="SLQ probes for --method density (default 8)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="product dtype (default float64)")
+    p.add_argument("--memory", help="memory budget for the plan, e.g. 8G or 512M (default: "
+                                    "the device's free memory)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: the model's)")
     p.add_argument("--out", help="JSON result file (written atomically)")
     p.add_argument("--checkpoint", help="checkpoint file: saved periodically and on "
@@ -162,6 +164,19 @@ def _problem(s: dict[str, Any]) -> tuple[Any, Any, Any, str]:
     return bundle.model, bundle.loss, bundle.data, bundle.description
 
 
+def _bytes(text: Any) -> int | None:
+    """'8G', '512M', '1e9' -> bytes (binary units); None stays None."""
+    if text is None:
+        return None
+    t = str(text).strip().upper().removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if scale > 1 else t) * scale)
+    except ValueError:
+        msg = f"memory must be a size such as 8G or 512M; got {text!r}"
+        raise ValueError(msg) from None
+
+
 def _git_hash() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -237,6 +252,7 @@ def _one_kind(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, se
             model, loss, data, kind, method=str(s["method"]), params=selected,
             rtol=s.get("rtol"), atol=s.get("atol"), seed=int(s["seed"]),
             max_matvecs=s.get("max_matvecs"), dtype=dtype, block_size=int(s["block_size"]),
+            memory_bytes=_bytes(s.get("memory")),
             on_block=on_block if (progress or saver) else None, resume_state=resume,
             density={"num_probes": int(s["probes"])} if s.get("probes") else None)
     except Preempted as exc:
