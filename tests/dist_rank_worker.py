@@ -43,6 +43,11 @@ def main(out_dir: str, mode: str) -> int:
                      "matvecs": res.matvecs, "eigenvalues": list(eig.values),
                      "n": res.n, "sharded_basis": res.extra.get("sharded_basis")}
     Path(out_dir, f"{name}.json").write_text(json.dumps(doc))
+    if mode != "single":
+        from scalable_hrank.distributed import shutdown
+
+        torch.distributed.barrier()  # nobody tears gloo down while a peer still talks
+        shutdown()
     return 0
 
 

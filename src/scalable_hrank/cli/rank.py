@@ -310,6 +310,11 @@ def run(args: argparse.Namespace) -> int:
     if s.get("checkpoint"):
         for kind in kinds:
             _checkpoint_path(s, kind).unlink(missing_ok=True)
+    if world is not None:
+        from scalable_hrank.distributed import shutdown
+
+        torch.distributed.barrier()  # nobody tears the group down while a peer still talks
+        shutdown()
     ok = all(r.certified or r.method == "exact" or bool(r.extra.get("converged"))
              for r in results.values())
     return 0 if ok else 1
