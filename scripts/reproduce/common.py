@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 import time
@@ -33,7 +34,25 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="CI-sized run (a few seconds)")
     p.add_argument("--out", default=None,
                    help=f"output folder (default results/reproduce/{name})")
+    p.add_argument("--data", default=None,
+                   help="local images instead of the built-in data: MNIST IDX images file, "
+                        "CIFAR python batch or .npz (x, y); grayscale, pooled to "
+                        "sqrt(d) x sqrt(d), first N images")
     return p
+
+
+def dataset(args: argparse.Namespace, n: int, d: int, k: int, loss: str,
+            default: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The script's built-in data ``default``, or ``--data`` images pooled to d = side^2."""
+    if args.data is None:
+        return default
+    from scalable_hrank.data.images import load_image_file
+
+    side = math.isqrt(d)
+    if side * side != d:
+        msg = f"--data needs a square input size; this run uses d = {d}"
+        raise SystemExit(msg)
+    return load_image_file(args.data, n, side=side, loss=loss, num_classes=k)
 
 
 def out_dir(args: argparse.Namespace, name: str) -> Path:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         n, widths, epochs, count = 20, [64, 12, 12, 10], args.epochs or 40000, 14
     loss = "mse"
-    x, y = digits(n, loss=loss)
+    x, y = common.dataset(args, n, 64, 10, loss, digits(n, loss=loss))
     y = y[:, : widths[-1]]
     rows = []
     for act in ("linear", "tanh"):

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     n, chans = (30, [1, 2, 3]) if args.small else (100, list(range(1, args.max_channels + 1)))
     loss = "mse"
-    x, y = digits(n, loss=loss)
+    x, y = common.dataset(args, n, 64, 10, loss, digits(n, loss=loss))
     x = x.reshape(n, 1, 8, 8)
     rows = []
     for c in chans:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         d, m, k, n, depths = 16, 25, 10, 50, list(range(1, args.max_depth + 1))
     loss = "mse"
-    x, y = gaussian(n, d, k, loss=loss, seed=0)
+    x, y = common.dataset(args, n, d, k, loss, gaussian(n, d, k, loss=loss, seed=0))
     rows = []
     for depth in depths:
         model = mlp([d, *[m] * depth, k], seed=0)

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     for loss in ("mse", "cross_entropy"):
         for bias in (False, True):
             for n in samples:
-                x, y = gaussian(n, d, k, loss=loss, seed=0)
+                x, y = common.dataset(args, n, d, k, loss,
+                                      gaussian(n, d, k, loss=loss, seed=0))
                 model = mlp([d, *hidden, k], bias=bias, seed=0)
                 pred = predict_rank(model, loss=loss, data=(x, y))
                 row = {"loss": loss, "bias": bias, "N": n, "d": d,

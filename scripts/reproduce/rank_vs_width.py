@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         d, k, n, widths = 64, 10, 100, list(range(4, args.max_width + 1, 4))
     loss = "mse"
-    x, y = gaussian(n, d, k, loss=loss, seed=0)
+    x, y = common.dataset(args, n, d, k, loss, gaussian(n, d, k, loss=loss, seed=0))
     rows = []
     for w in widths:
         model = mlp([d, w, w, k], seed=0)

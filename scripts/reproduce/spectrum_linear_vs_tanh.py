@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                else [[64, 12, 12, 10], [64, 20, 10], [64, 8, 8, 8, 10]])
     n = 30 if args.small else 100
     loss = "mse"
-    x, y = digits(n, loss=loss)
+    x, y = common.dataset(args, n, 64, 10, loss, digits(n, loss=loss))
     rows, spectra = [], {}
     for widths in configs:
         for act in ACTIVATIONS:
