@@ -91,3 +91,14 @@ def test_rank_budget_exhausted_exits_1(tmp_path) -> None:
 def test_rank_bad_input_exits_2(argv: list[str], capsys) -> None:
     assert main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["sketch", "density"])
+def test_rank_with_checkpoint_every_block(tmp_path, method: str) -> None:
+    out, ckpt = tmp_path / "r.json", tmp_path / "run.ckpt"
+    argv = ["rank", "--model", "mlp:64,6,10", "--samples", "40", "--kind", "outer",
+            "--method", method, "--checkpoint", str(ckpt), "--checkpoint-every", "0",
+            "--probes", "2", "--out", str(out)]
+    assert main(argv) in (0, 1)
+    doc = json.loads(out.read_text())
+    assert doc["method"] == method and not ckpt.exists()  # removed after the result is safe

@@ -75,3 +75,22 @@ def test_float32_density_runs_on_float32_products(problem) -> None:
                            dtype=torch.float32, rtol=1e-6, density={"num_probes": 4})
     assert res.dtype == "torch.float32"
     assert res.rank_low <= exact["outer"].rank <= res.rank_high
+
+
+def test_density_run_resumes_from_checkpoints_to_the_same_answer(problem, tmp_path) -> None:
+    from scalable_hrank.checkpoint import load_checkpoint, save_checkpoint
+
+    model, data, _ = problem
+    kw = {"method": "density", "seed": 3, "density": {"num_probes": 4}}
+    states = []
+    full = hr.estimate_rank(model, "mse", data, "functional", **kw,
+                            on_block=lambda s: states.append(s.snapshot()))
+    assert len(states) >= 3
+    for i in (0, len(states) // 2, len(states) - 1):  # interrupted at several points
+        path = tmp_path / f"slq{i}.ckpt"
+        save_checkpoint(path, states[i], fingerprint="test")
+        again = hr.estimate_rank(model, "mse", data, "functional", **kw,
+                                 resume_state=load_checkpoint(path, fingerprint="test"))
+        assert again.extra["estimate"] == full.extra["estimate"]
+        assert (again.rank_low, again.rank_high) == (full.rank_low, full.rank_high)
+        assert again.extra["num_steps"] == full.extra["num_steps"]

@@ -6,10 +6,12 @@ block (``num_deflate`` vectors) plus 3 vectors per probe, independent of the dep
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from scalable_hrank.errors import NotConvergedError
-from scalable_hrank.linalg import DensityRank, eigenpairs, slq_rank
+from scalable_hrank.linalg import DensityRank, SLQState, eigenpairs, slq_rank
 from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.result import RankResult
 
@@ -35,7 +37,9 @@ def _deflation(op: CurvatureOperator, k: int, generator: torch.Generator,
 
 def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: torch.Generator,
                  max_matvecs: int | None = None, num_probes: int = DEFAULT_PROBES,
-                 num_deflate: int = DEFAULT_DEFLATE, confidence: float = 0.95) -> RankResult:
+                 num_deflate: int = DEFAULT_DEFLATE, confidence: float = 0.95,
+                 on_block: Callable[[SLQState], None] | None = None,
+                 resume_state: SLQState | None = None) -> RankResult:
     """Count eigenvalues with |lambda| > tau of ``op`` by deflated SLQ.
 
     Args:
@@ -47,6 +51,9 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         num_probes: Rademacher probes (relative sd about sqrt(2 / (probes * rank))).
         num_deflate: Top-|lambda| eigenpairs removed first (shrinks lambda_max / gap).
         confidence: Level of the probe part of [rank_low, rank_high].
+        on_block: Called with the SLQ state every few Lanczos steps (checkpointing).
+        resume_state: An SLQ state saved from ``on_block``: the run continues from it (the
+            deflation is recomputed, deterministically from the same seed).
 
     Returns:
         RankResult with method "density", certified False, ``rank_low``/``rank_high`` at
@@ -61,7 +68,7 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
                                num_probes=num_probes, max_matvecs=budget,
                                max_steps=max(2, budget // num_probes), psd=psd,
                                deflation=deflation, confidence=confidence, dtype=op.dtype,
-                               device=op.device)
+                               device=op.device, state=resume_state, on_step=on_block)
     notes = list(dr.notes)
     extra = {
         "estimate": dr.estimate, "probe_std": dr.probe_std,

@@ -116,8 +116,9 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
             solving (default: the device's free memory); "auto" picks exact, sketch or
             density and the block size from it.
         cache: Keep per-batch graphs across products (see ``CurvatureOperator``).
-        on_block: Called with the solver state after every Krylov block (checkpointing).
-        resume_state: A state saved from ``on_block`` to resume from (bit-identical result).
+        on_block: Called with the solver state after every Krylov block, or every few SLQ
+            steps for "density" (checkpointing: save ``state.snapshot()``).
+        resume_state: A state saved from ``on_block`` to resume from (same result).
         density: Options of the "density" method (``num_probes``, ``num_deflate``,
             ``confidence``; see :func:`scalable_hrank.density.density_rank`).
         shard_basis: Under torch.distributed, each process keeps only its slice of every
@@ -185,7 +186,8 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
             scale = spectral_scale(op, generator)
             tol = (rtol_eff or 0.0) * scale
         res = density_rank(op, tau=tol, psd=kind == "outer" and isinstance(loss, str),
-                           generator=generator, max_matvecs=max_matvecs, **(density or {}))
+                           generator=generator, max_matvecs=max_matvecs, on_block=on_block,
+                           resume_state=resume_state, **(density or {}))
         return _with(res, matvecs=op.matvecs + scale_matvecs, scale=scale,
                      seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
                      extra={**res.extra, **extra})

@@ -20,7 +20,7 @@ from scalable_hrank.linalg.lanczos import (
 )
 from scalable_hrank.linalg.nystrom import NystromApprox, NystromRank, nystrom, nystrom_rank
 from scalable_hrank.linalg.orth import OrthBlock, inner, orthonormalize, project_out
-from scalable_hrank.linalg.slq import slq_density, slq_rank
+from scalable_hrank.linalg.slq import SLQState, slq_density, slq_rank
 
 __all__ = [
     "BlockLanczosDecomposition",
@@ -35,6 +35,7 @@ __all__ = [
     "OrthBlock",
     "Reduce",
     "RitzPairs",
+    "SLQState",
     "SpectralNorm",
     "block_lanczos",
     "deflated_norm",

@@ -16,6 +16,8 @@ only a cheap local reorthogonalization against the two latest vectors is done.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -25,6 +27,7 @@ from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.counting import (
     DensityRank,
     _advance,
+    _LanczosState,
     _ritz,
     _start,
     count_interval,
@@ -34,7 +37,7 @@ from scalable_hrank.linalg.counting import (
     steps_for_kappa,
 )
 
-__all__ = ["slq_density", "slq_rank"]
+__all__ = ["SLQState", "slq_density", "slq_rank"]
 
 _FIRST_STEPS = 20  # steps before lambda_max and the gap are read from the Ritz values
 _GROWTH = 1.5  # depth growth factor while the k vs 0.75 k check fails
@@ -56,6 +59,40 @@ def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
     return op
 
 
+#: Lanczos steps between two ``on_step`` reports (checkpoint granularity).
+CHECKPOINT_STEPS = 25
+
+
+@dataclass
+class SLQState:
+    """What a pre-empted SLQ run needs to continue.
+
+    The lock-step Lanczos state and the probes' squared norms. Memory: 2 (n, probes) blocks
+    plus (probes, steps) float64 numbers.
+    """
+
+    lanczos: _LanczosState
+    sq: Tensor
+
+    def snapshot(self) -> SLQState:
+        """A deep copy (tensors cloned, lists copied) for ``torch.save``."""
+        lz = self.lanczos
+        return SLQState(
+            lanczos=replace(lz, v_prev=lz.v_prev.clone(), v=lz.v.clone(),
+                            beta_prev=lz.beta_prev.clone(), alphas=[a.clone() for a in lz.alphas],
+                            betas=[b.clone() for b in lz.betas], lengths=lz.lengths.clone(),
+                            active=lz.active.clone(), scale=lz.scale.clone()),
+            sq=self.sq.clone())
+
+    def restore(self, *, dtype: torch.dtype, device: torch.device | str
+                ) -> tuple[_LanczosState, Tensor]:
+        """The Lanczos state with its vectors on ``device`` in ``dtype`` (a fresh copy)."""
+        lz = self.snapshot().lanczos
+        lz.v = lz.v.to(device=device, dtype=dtype)
+        lz.v_prev = lz.v_prev.to(device=device, dtype=dtype)
+        return lz, self.sq.clone()
+
+
 def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
              num_probes: int = 4, max_matvecs: int | None = None, max_steps: int = 1000,
              num_steps: int | None = None, psd: bool = False,
@@ -63,7 +100,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
              deflation: tuple[Tensor, Tensor] | None = None, rtol: float = 0.01,
              confidence: float = 0.95, probes: Tensor | None = None,
              dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-             reduce: Reduce = None) -> DensityRank:
+             reduce: Reduce = None, state: SLQState | None = None,
+             on_step: Callable[[SLQState], None] | None = None) -> DensityRank:
     """Count eigenvalues with ``|lambda| > tau`` by stochastic Lanczos quadrature.
 
     Estimator (Ubaru, Chen & Saad 2017): for Rademacher probes ``z_l``,
@@ -117,6 +155,10 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         dtype: Vector dtype when drawing probes (the operator dtype).
         device: Vector device when drawing probes (the operator device).
         reduce: Sums a small tensor over processes (None: one process).
+        state: An :class:`SLQState` from ``on_step`` to resume from (same operator, same
+            deflation): the result equals the uninterrupted run's.
+        on_step: Called with the live state every ``CHECKPOINT_STEPS`` Lanczos steps (e.g. to
+            checkpoint ``state.snapshot()``); must not modify it.
 
     Returns:
         ``DensityRank`` (``method="slq"``) with nodes/weights of shape (m, num_steps).
@@ -135,7 +177,12 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     if not 0 < rtol < 1:
         err = bad_value("rtol", "in (0, 1)", rtol)
         raise err
-    if probes is None:
+    resume = None
+    if state is not None:  # the probes live on in the Lanczos vectors
+        resume = state.restore(dtype=dtype, device=device)
+        z = resume[0].v
+        num_probes = z.shape[1]
+    elif probes is None:
         check_positive_int("num_probes", num_probes)
         z = rademacher(n, num_probes, generator=generator, dtype=dtype, device=device)
     else:
@@ -158,11 +205,24 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         d = q.shape[1]
         deflated_count = int((theta_q.abs() > tau).sum())
         op = _deflated_op(matmat, q, reduce)
-        c = q.T @ z
-        z = z - q @ (c if reduce is None else reduce(c))
+        if resume is None:
+            c = q.T @ z
+            z = z - q @ (c if reduce is None else reduce(c))
 
-    state, sq = _start(z, reduce)
+    if resume is None:
+        state, sq = _start(z, reduce)
+    else:
+        state, sq = resume
     del z
+
+    def advance(steps: int) -> None:
+        """Lanczos steps in chunks of CHECKPOINT_STEPS, reporting the state after each."""
+        while steps > 0:
+            chunk = min(steps, CHECKPOINT_STEPS)
+            _advance(state, op, chunk, reduce)
+            steps -= chunk
+            if on_step is not None:
+                on_step(SLQState(lanczos=state, sq=sq))
 
     def read(depth: int) -> tuple[Tensor, Tensor, float, tuple[float, float] | None, float]:
         nodes, weights = _ritz(state, depth)
@@ -175,7 +235,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         return nodes, weights, lmax, g, delta
 
     first = step_cap if num_steps is not None else min(_FIRST_STEPS, step_cap)
-    _advance(state, op, first, reduce)
+    if resume is None:
+        advance(first)
     while True:
         depth = int(state.lengths.max())
         nodes, weights, lmax, g, delta = read(depth)
@@ -184,7 +245,7 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         finished = not bool(state.active.any())
         if num_steps is None and not finished and depth < min(planned, step_cap):
             # grow towards the plan at most 2x at a time: the first gap reading is rough
-            _advance(state, op, min(planned, step_cap, 2 * depth) - depth, reduce)
+            advance(min(planned, step_cap, 2 * depth) - depth)
             continue
         per_probe = _counts(nodes, weights, sq, tau, delta)
         nodes3, weights3 = _ritz(state, max(1, round(0.75 * depth)))
@@ -197,7 +258,7 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         converged = finished or (bias <= max(1.0, 0.5 * rtol * abs(est)) and depth >= planned)
         if converged or num_steps is not None or depth >= step_cap:
             break
-        _advance(state, op, min(step_cap, math.ceil(_GROWTH * depth)) - depth, reduce)
+        advance(min(step_cap, math.ceil(_GROWTH * depth)) - depth)
 
     if finished:
         notes.append("Lanczos broke down on every probe: the quadrature is exact")
