@@ -96,6 +96,22 @@ class DensityRank:
     notes: tuple[str, ...] = ()
 
 
+def check_tau_and_gap(tau: float, gap: tuple[float, float] | None) -> float:
+    """Return ``tau`` as a float, checked together with an optional ``(lower, upper)`` gap.
+
+    Raises:
+        ValueError: Unless ``tau`` is finite and > 0 and a given gap has ``upper > tau``.
+    """
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        err = bad_value("tau", "a finite number > 0", tau)
+        raise err
+    tau = float(tau)
+    if gap is not None and not gap[1] > tau:
+        err = bad_value("gap", f"a pair (lower, upper) with upper > tau = {tau!r}", gap)
+        raise err
+    return tau
+
+
 def rademacher(n: int, num_probes: int, *, generator: torch.Generator,
                dtype: torch.dtype = torch.float64,
                device: torch.device | str = "cpu") -> Tensor:

@@ -25,6 +25,7 @@ from scalable_hrank.linalg.counting import (
     _advance,
     _dot,
     _start,
+    check_tau_and_gap,
     count_interval,
     rademacher,
     steps_for_kappa,
@@ -261,13 +262,7 @@ def kpm_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         ValueError: If ``tau <= 0``, a gap does not bracket ``tau``, the bounds are not
             ordered, or the budget is too small for degree 4.
     """
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        err = bad_value("tau", "a finite number > 0", tau)
-        raise err
-    tau = float(tau)
-    if gap is not None and not gap[1] > tau:
-        err = bad_value("gap", f"a pair (lower, upper) with upper > tau = {tau!r}", gap)
-        raise err
+    tau = check_tau_and_gap(tau, gap)
     spent = 0
     if bounds is None:
         a, b, spent = spectrum_bounds(matmat, n, generator=generator, steps=bound_steps,

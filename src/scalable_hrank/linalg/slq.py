@@ -30,6 +30,7 @@ from scalable_hrank.linalg.counting import (
     _LanczosState,
     _ritz,
     _start,
+    check_tau_and_gap,
     count_interval,
     detect_gap,
     rademacher,
@@ -167,13 +168,7 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         ValueError: If ``tau <= 0``, a gap does not bracket ``tau``, ``rtol`` or
             ``confidence`` is out of range, or the budget allows fewer than 2 steps.
     """
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        err = bad_value("tau", "a finite number > 0", tau)
-        raise err
-    tau = float(tau)
-    if gap is not None and not gap[1] > tau:
-        err = bad_value("gap", f"a pair (lower, upper) with upper > tau = {tau!r}", gap)
-        raise err
+    tau = check_tau_and_gap(tau, gap)
     if not 0 < rtol < 1:
         err = bad_value("rtol", "in (0, 1)", rtol)
         raise err
