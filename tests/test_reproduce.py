@@ -24,14 +24,22 @@ def _load(name):
     return module
 
 
+_RUNS: dict = {}
+
+
+def _run_script(name, tmp_path_factory):
+    """Run one script with --small once per test session; return (name, out, csv rows)."""
+    if name not in _RUNS:
+        out = tmp_path_factory.mktemp(name)
+        assert _load(name).main(["--small", "--out", str(out)]) == 0
+        with open(out / f"{name}.csv", newline="") as fh:
+            _RUNS[name] = (name, out, list(csv.DictReader(fh)))
+    return _RUNS[name]
+
+
 @pytest.fixture(scope="module", params=NAMES)
 def run(request, tmp_path_factory):
-    name = request.param
-    out = tmp_path_factory.mktemp(name)
-    assert _load(name).main(["--small", "--out", str(out)]) == 0
-    with open(out / f"{name}.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return name, out, rows
+    return _run_script(request.param, tmp_path_factory)
 
 
 def test_csv_has_measured_columns(run):
@@ -62,10 +70,8 @@ def test_png_written(run):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_training_formula_bounds_linear_rank(run):
-    name, _, rows = run
-    if name != "rank_during_training":
-        pytest.skip("training only")
+def test_training_formula_bounds_linear_rank(tmp_path_factory):
+    _, _, rows = _run_script("rank_during_training", tmp_path_factory)
     linear = [r for r in rows if r["activation"] == "linear"]
     for row in linear:
         for kind in KINDS:
@@ -74,10 +80,8 @@ def test_training_formula_bounds_linear_rank(run):
     assert int(linear[-1]["s"]) < int(linear[0]["s"])  # the residuals lost rank
 
 
-def test_samples_rise_then_flat(run):
-    name, _, rows = run
-    if name != "rank_vs_samples":
-        pytest.skip("samples only")
+def test_samples_rise_then_flat(tmp_path_factory):
+    _, _, rows = _run_script("rank_vs_samples", tmp_path_factory)
     sel = [r for r in rows if r["loss"] == "mse" and r["bias"] == "False"]
     outer = [int(r["rank_outer"]) for r in sel]
     functional = {int(r["rank_functional"]) for r in sel}
