@@ -5,10 +5,10 @@ Each factory takes the flat parameters ``theta`` (P,), a forward function
 ``w = N_b / N``, and returns ``matvec(v: (P,)) -> (P,)``. Columns of a block are mapped with
 ``torch.func.vmap`` by the caller.
 
-Caching: the returned closures hold the graph of the batch (forward + first backward for
-H_L and H_F, forward for H_O), so repeated products cost one reverse sweep through that
-graph (reverse-over-reverse), about 1.5x a gradient, instead of re-running forward and
-backward (2.9x). Memory per batch: the activations plus the first backward's intermediates.
+Caching: the returned closures hold the graph of the batch (forward + first backward), so
+repeated products cost reverse sweeps through that graph (reverse-over-reverse), about 1.5x a
+gradient, instead of re-running forward and backward (2.9x). Memory per batch: the
+activations plus the first backward's intermediates.
 
 Blocks: every closure goes through :class:`_Blockwise`, an autograd.Function with its own
 vmap rule, so the caller's ``vmap`` over the columns of a block is executed in chunks of
@@ -119,17 +119,22 @@ def outer_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn, targe
                          weight: float) -> tuple[MatVec, Tensor]:
     """V -> w J^T Q J v (Gauss-Newton), Q = d^2 l / dF^2; also returns the loss.
 
-    J v is a forward-mode product (re-runs the forward with tangents), Q acts on the small
-    output space, J^T u reuses the cached reverse graph. Cost per product: about one
-    forward (dual) + one backward.
+    Both Jacobian products reuse cached graphs: J^T u is the batch's reverse pass, and J v is
+    the reverse pass of ``u -> J^T u`` (linear in u; the "double-vjp" trick), so no product
+    re-runs the network's forward. For a late parameter block of a deep model that is the
+    difference between one partial backward and a whole forward with tangents. Q acts on
+    the small output space in closed form. Cost per product: two reverse sweeps through
+    the cached graphs; memory: the batch's forward graph plus one backward's intermediates.
     """
     outputs, vjp_fn = torch.func.vjp(forward, theta)
     outputs = outputs.detach()
     value = loss_fn(outputs, targets).detach()
     q_matmul = output_hessian_matmul(loss_fn, outputs, targets)
+    with torch.enable_grad():
+        _, jacobian_fn = torch.func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(outputs))
 
     def matvec(v: Tensor) -> Tensor:
-        jv = torch.func.jvp(forward, (theta,), (v,))[1]
+        jv = jacobian_fn(v)[0]
         return vjp_fn(q_matmul(jv) * weight)[0]
 
     return _blockwise(matvec, theta), value
