@@ -20,23 +20,25 @@ from scalable_hrank.threshold import check_thresholds, resolve_threshold
 DEFAULT_DENSE_MEMORY = 4 * 2**30
 
 
-def dense_memory_bytes(n: int, kind: str) -> int:
-    """Bytes for the dense path: matrix, symmetrized copy and eigvalsh workspace.
+def dense_memory_bytes(n: int, kinds: Sequence[str]) -> int:
+    """Bytes for the dense path: matrix, symmetrized copy and eigvalsh workspace per matrix.
 
-    Doubled for kinds other than "loss", whose threshold needs the dense H_L as well.
+    The matrices are those of ``kinds`` plus H_L, whose sigma_max is the threshold's scale.
     """
-    per_matrix = 3 * 8 * n * n
-    return per_matrix * (1 if kind == "loss" else 2)
+    return 3 * 8 * n * n * len({"loss", *kinds})
 
 
-def float64_copy(model: nn.Module,
-                 params: None | Sequence[str] | Sequence[nn.Parameter]) -> tuple[nn.Module, Any]:
-    """Deep-copy ``model`` to float64; parameter objects in ``params`` become their names."""
+def model_copy(model: nn.Module, dtype: torch.dtype,
+               params: None | Sequence[str] | Sequence[nn.Parameter]) -> tuple[nn.Module, Any]:
+    """Deep-copy ``model`` to ``dtype``; parameter objects in ``params`` become their names.
+
+    Names, because the copy holds other parameter objects than the ones passed.
+    """
     if params is not None and not isinstance(params, str) and all(
             isinstance(p, torch.Tensor) for p in params):
         ids = {id(p) for p in params}
         params = [n for n, p in model.named_parameters() if id(p) in ids]
-    return copy.deepcopy(model).to(torch.float64), params
+    return copy.deepcopy(model).to(dtype), params
 
 
 def symmetric_eigvals(matrix: Tensor) -> tuple[Tensor, float]:
@@ -70,7 +72,7 @@ def exact_ranks(model: nn.Module, loss: str | LossFn, data: Any,
     Returns:
         Kind -> RankResult. Cost: P products per kind, plus P for H_L if not among ``kinds``.
     """
-    dense = _DenseCache(model, loss, data, params, max_memory_bytes)
+    dense = _DenseCache(model, loss, data, params, max_memory_bytes, kinds)
     return {k: _rank_from_dense(dense, k, rtol, atol) for k in kinds}
 
 
@@ -78,15 +80,16 @@ class _DenseCache:
     """Dense float64 matrices of one model, built on demand and kept (the scale is shared)."""
 
     def __init__(self, model: nn.Module, loss: str | LossFn, data: Any, params: Any,
-                 max_memory_bytes: int) -> None:
+                 max_memory_bytes: int, kinds: Sequence[str]) -> None:
         space, _ = parameter_space(model, params)
-        need = dense_memory_bytes(space.size, "functional")
+        need = dense_memory_bytes(space.size, kinds)
         if need > max_memory_bytes:
-            msg = (f"the dense Hessians of P={space.size} parameters need about "
-                   f"{need / 2**30:.1f} GiB (limit {max_memory_bytes / 2**30:.1f} GiB); use "
-                   "estimate_rank, select fewer params, or raise max_memory_bytes")
+            msg = (f"the dense path ({', '.join(sorted({'loss', *kinds}))}) for "
+                   f"P={space.size} parameters needs about {need / 2**30:.1f} GiB (limit "
+                   f"{max_memory_bytes / 2**30:.1f} GiB); use estimate_rank, select fewer "
+                   "params, or raise max_memory_bytes")
             raise ValueError(msg)
-        self.model, self.params = float64_copy(model, params)
+        self.model, self.params = model_copy(model, torch.float64, params)
         self.loss, self.data = loss, data
         self._eig: dict[str, tuple[Tensor, float, int, str]] = {}
 
@@ -164,13 +167,6 @@ def exact_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "los
     """
     start = time.perf_counter()
     check_thresholds(rtol, atol)
-    space, _ = parameter_space(model, params)
-    need = dense_memory_bytes(space.size, kind)
-    if need > max_memory_bytes:
-        msg = (f"the dense {kind} Hessian of P={space.size} parameters needs about "
-               f"{need / 2**30:.1f} GiB (limit {max_memory_bytes / 2**30:.1f} GiB); use "
-               "estimate_rank, select fewer params, or raise max_memory_bytes")
-        raise ValueError(msg)
-    dense = _DenseCache(model, loss, data, params, max_memory_bytes=2**62)
+    dense = _DenseCache(model, loss, data, params, max_memory_bytes, (kind,))
     res = _rank_from_dense(dense, kind, rtol, atol)
     return dataclasses.replace(res, seconds=time.perf_counter() - start)

@@ -8,7 +8,6 @@ picks by size and memory and says why.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from torch import nn
 from scalable_hrank._validation import check_choice, check_positive_int
 from scalable_hrank.density import density_rank
 from scalable_hrank.errors import NotConvergedError
-from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, exact_rank
+from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, exact_rank, model_copy
 from scalable_hrank.linalg.eigen import eigenpairs, spectral_norm
 from scalable_hrank.linalg.krylov_rank import KrylovRank, certificate_steps_for, krylov_rank
 from scalable_hrank.operators import CurvatureOperator
@@ -42,11 +41,7 @@ def _cast_model(model: nn.Module, dtype: torch.dtype | None,
                 params: Any) -> tuple[nn.Module, Any]:
     if dtype is None or all(p.dtype == dtype for p in model.parameters()):
         return model, params
-    if params is not None and not isinstance(params, str) and all(
-            isinstance(p, torch.Tensor) for p in params):
-        ids = {id(p) for p in params}
-        params = [n for n, p in model.named_parameters() if id(p) in ids]
-    return copy.deepcopy(model).to(dtype), params
+    return model_copy(model, dtype, params)
 
 
 def spectral_scale(op: CurvatureOperator, generator: torch.Generator,
