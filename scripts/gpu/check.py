@@ -49,12 +49,16 @@ def gpt2_small(batch: int, length: int, seed: int):
     cfg = transformers.GPT2Config()          # 12 layers, 768 wide, 50257 vocab: 124M
     hf = transformers.GPT2LMHeadModel(cfg)
     model = wrap_hf_model(hf, task="causal_lm")
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(cfg.vocab_size, (batch, length), generator=gen)
     task = Task("causal_lm", "cross_entropy", cfg.vocab_size)
-    data = [task.make_batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+    return model, "cross_entropy", random_tokens(task, cfg.vocab_size, batch, length, seed)
+
+
+def random_tokens(task, vocab_size: int, batch: int, length: int, seed: int):
+    """One batch of uniform random token ids with the task's targets."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(vocab_size, (batch, length), generator=gen)
+    return [task.make_batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)},
                             generator=gen)]
-    return model, "cross_entropy", data
 
 
 def minilm(batch: int, length: int, seed: int):
@@ -72,12 +76,8 @@ def minilm(batch: int, length: int, seed: int):
                                   intermediate_size=1536, attn_implementation="eager")
     model = wrap_hf_model(transformers.BertModel(cfg, add_pooling_layer=False),
                           task="embedding")
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(cfg.vocab_size, (batch, length), generator=gen)
     task = Task("embedding", "mse", cfg.hidden_size)
-    data = [task.make_batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)},
-                            generator=gen)]
-    return model, "mse", data
+    return model, "mse", random_tokens(task, cfg.vocab_size, batch, length, seed)
 
 
 def check_mlp(args, device, report) -> None:
