@@ -24,13 +24,38 @@ def test_interval_covers_dense_rank_over_20_seeds(problem) -> None:
     covered, errors = 0, []
     for seed in range(20):
         res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=seed,
-                               density={"num_probes": 4})
+                               density={"num_probes": 4, "output_space": False})
         assert res.method == "density" and not res.certified and res.extra["converged"]
-        assert res.confidence == 0.95
+        assert res.confidence == 0.95 and res.extra["space"] == "parameters"
         covered += res.rank_low <= exact["outer"].rank <= res.rank_high
         errors.append(abs(res.extra["estimate"] - exact["outer"].rank) / exact["outer"].rank)
     assert covered >= 18, covered
     assert sum(errors) / len(errors) < 0.05
+
+
+def test_outer_counted_exactly_from_the_output_gram(problem) -> None:
+    model, data, exact = problem
+    res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=0)
+    assert res.extra["space"] == "outputs-dense" and res.extra["counted_size"] == 40 * 8
+    assert res.certified and res.rank == res.rank_low == res.rank_high == exact["outer"].rank
+    top = torch.tensor(exact["outer"].eigenvalues[:160])
+    assert torch.allclose(torch.tensor(res.eigenvalues[:160]), top, rtol=1e-9)
+    assert res.matvecs <= 40 * 8 + 3 + 10  # M products, the symmetry probe, the H_L scale
+
+
+def test_outer_slq_in_the_output_space(problem, monkeypatch) -> None:
+    from scalable_hrank import density
+
+    monkeypatch.setattr(density, "DENSE_OUTPUT_MAX", 0)
+    model, data, exact = problem
+    res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=0,
+                           density={"num_probes": 4})
+    truth = exact["outer"].rank
+    assert res.extra["space"] == "outputs" and res.extra["converged"] and not res.certified
+    assert abs(res.extra["estimate"] - truth) <= 0.02 * truth
+    assert res.rank_low <= truth <= res.rank_high <= 40 * 8
+    weights = torch.tensor(res.extra["weights"], dtype=torch.float64)
+    assert torch.allclose(weights.sum(1), torch.ones(4, dtype=torch.float64))
 
 
 def test_functional_within_5_percent(problem) -> None:
@@ -57,7 +82,7 @@ def test_density_plot_from_api_and_cli(problem, tmp_path) -> None:
 
     model, data, _ = problem
     res = hr.estimate_rank(model, "mse", data, "outer", method="density", seed=1,
-                           density={"num_probes": 2})
+                           density={"num_probes": 2, "output_space": False})
     fig = plot_result_density(res)
     gids = {artist.get_gid() for artist in fig.axes[0].get_children()}
     assert {"density", "threshold"} <= gids

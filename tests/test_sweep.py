@@ -126,9 +126,9 @@ def test_preempted_task_saves_and_resumes_to_the_same_result(tmp_path):
     assert info.value.path.exists() and not result_path(tmp_path / "run", 0).exists()
     resumed = run_task(settings, tmp_path / "run")
     assert resumed["resumed"] is True and ref["resumed"] is False
-    drop = ("seconds",)
-    assert ({k: v for k, v in resumed["result"].items() if k not in drop}
-            == {k: v for k, v in ref["result"].items() if k not in drop})
+    for record in (resumed, ref):  # wall time and the machine's free memory may differ
+        del record["result"]["seconds"], record["result"]["extra"]["plan"]["available_bytes"]
+    assert resumed["result"] == ref["result"]
     assert not info.value.path.exists()  # checkpoint removed once the record is written
 
 

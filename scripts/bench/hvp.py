@@ -11,9 +11,11 @@ Paths, timed round-robin in one run (scripts/bench/common.py: min and median of 
 * grad:        one gradient over the dataset (torch.autograd.grad per batch).
 * ours:        ``curvature_operator(model, loss, data) @ v`` with the per-batch graphs cached
                (after a first product that builds them).
-* ours_block:  ``op @ V`` with V of --block columns, reported per product.
-* ours_vmap_block: the block through ONE vmap over all columns (products.BLOCK_CHUNK set
-               to None), the alternative to the CPU default of a column loop.
+* ours_singles: --block single products ``op @ V[:, j]`` on the columns of V, per product.
+* ours_block:  ``op @ V`` with V of --block columns (column-major, as QR returns blocks),
+               reported per product.
+* ours_vmap_block: the block through ONE vmap over all columns (curvature.COLUMN_LOOP_MIN_SIZE
+               emptied), the alternative to the CPU default of a column loop.
 * ours_nocache: the same operator with ``cache=False`` (forward + backward per product).
 * pyhessian:   ``pyhessian.hessian(model, criterion, dataloader=data, cuda=...)``
                ``.dataloader_hv_product(v)`` (forward, backward(create_graph), grad per batch).
@@ -54,7 +56,8 @@ from scalable_hrank.operators.losses import resolve_loss  # noqa: E402
 # PyHessian's backward(create_graph=True) warns about the reference cycle it creates.
 warnings.filterwarnings("ignore", message=".*create_graph=True.*")
 
-PATHS = ("grad", "ours", "ours_block", "ours_vmap_block", "ours_nocache", "pyhessian")
+PATHS = ("grad", "ours", "ours_singles", "ours_block", "ours_vmap_block", "ours_nocache",
+         "pyhessian")
 
 
 # -- models --------------------------------------------------------------------------------
@@ -125,33 +128,37 @@ def make_paths(m: dict[str, Any], device: str, block: int, which: tuple[str, ...
             for x, y in data:
                 torch.autograd.grad(loss_fn(call_model(model, {}, x), y), params)
         fns["grad"] = grad
-    if "ours" in which or "ours_block" in which:
+    if "ours" in which or "ours_block" in which or "ours_singles" in which:
         op = hr.curvature_operator(model, loss, data, "loss")
         objs["op"] = op
         if "ours" in which:
             fns["ours"] = lambda: op @ v
-        if "ours_block" in which:
-            vb = torch.randn(n, block, generator=g).to(device)
+        if "ours_block" in which or "ours_singles" in which:
+            vb = torch.randn(block, n, generator=g).to(device).T  # column-major, as QR returns
             objs["V"] = vb
             fns["ours_block"] = lambda: op @ vb
+            fns["ours_singles"] = lambda: [op @ vb[:, j] for j in range(vb.shape[1])]
             for k in sub_blocks:
                 if k < block:
                     fns[f"ours_block{k}"] = (lambda k=k: op @ vb[:, :k])
     if "ours_vmap_block" in which:
         # The alternative this benchmark rejected on CPUs: the whole block in one vmap.
-        from scalable_hrank.operators import products
-        saved = dict(products.BLOCK_CHUNK)
-        products.BLOCK_CHUNK.update({k: None for k in products.BLOCK_CHUNK})
-        try:
-            op_vm = hr.curvature_operator(model, loss, data, "loss")
-            op_vm @ v  # build (and keep) the per-batch graphs
-        finally:
-            products.BLOCK_CHUNK.clear()
-            products.BLOCK_CHUNK.update(saved)
+        from scalable_hrank.operators import curvature
+
+        def one_vmap(x: Tensor) -> Tensor:
+            saved = dict(curvature.COLUMN_LOOP_MIN_SIZE)
+            curvature.COLUMN_LOOP_MIN_SIZE.clear()
+            try:
+                return op_vm @ x
+            finally:
+                curvature.COLUMN_LOOP_MIN_SIZE.update(saved)
+
+        op_vm = hr.curvature_operator(model, loss, data, "loss")
+        one_vmap(v)  # build (and keep) the per-batch graphs
         vb_vm = objs.get("V")
         if vb_vm is None:
-            vb_vm = torch.randn(n, block, generator=g).to(device)
-        fns["ours_vmap_block"] = lambda: op_vm @ vb_vm
+            vb_vm = torch.randn(block, n, generator=g).to(device).T  # column-major, as QR returns
+        fns["ours_vmap_block"] = lambda: one_vmap(vb_vm)
     if "ours_nocache" in which:
         op_nc = hr.curvature_operator(model, loss, data, "loss", cache=False)
         fns["ours_nocache"] = lambda: op_nc @ v
@@ -259,15 +266,16 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
         reps = a.reps if name == "mlp" else max(2, a.reps - 2)
         t = interleaved(fns, reps=reps, device=a.device)
         for key in list(t):
-            if key.startswith("ours_block") or key == "ours_vmap_block":
-                k = int(key[len("ours_block"):] or block) if key != "ours_vmap_block" else block
+            if key.startswith("ours_block") or key in ("ours_vmap_block", "ours_singles"):
+                k = (int(key[len("ours_block"):] or block) if key.startswith("ours_block")
+                     else block)
                 t[key] = {s: (x / k if s != "reps" else x) for s, x in t[key].items()}
         res["timing"][str(th)] = t
         report(name, th, t, block)
     torch.set_num_threads(default_threads())
     if not a.no_memory:
         mem = {}
-        for path in which:
+        for path in (w for w in which if w != "ours_singles"):  # its memory is "ours"
             args = ["--child", path, "--models", name, "--device", a.device,
                     "--batches", str(a.batches), "--block", str(block)]
             if a.quick:
@@ -288,17 +296,17 @@ def report(name: str, th: int, t: dict[str, dict[str, float]], block: int) -> No
     print(f"[{name}, threads={th}] per product over the dataset, min (median) of "
           f"{t['grad']['reps']} round-robin reps; ratio = min / min(grad)")
     for k, r in t.items():
-        label = f"{k} (/{block})" if k == "ours_block" else k
-        if k == "ours_vmap_block":
-            label = f"{k} (/{block})"
-        elif k.startswith("ours_block") and k != "ours_block":
+        label = f"{k} (/{block})" if k in ("ours_block", "ours_vmap_block", "ours_singles") else k
+        if k.startswith("ours_block") and k != "ours_block":
             label = f"{k} (/{k[len('ours_block'):]})"
         print(f"  {label:18s} {r['min'] * 1e3:9.1f} ms ({r['median'] * 1e3:9.1f})  "
               f"x grad {r['min'] / g:5.2f}")
     o = t["ours"]["min"]
-    print(f"  block/single per product: {t['ours_block']['min'] / o:.2f}")
+    print(f"  block/single per product: {t['ours_block']['min'] / t['ours_singles']['min']:.2f}"
+          f" ({block} singles on the same columns)")
     if "ours_vmap_block" in t:
-        print(f"  one-vmap block/single per product: {t['ours_vmap_block']['min'] / o:.2f}")
+        print("  one-vmap block/single per product: "
+              f"{t['ours_vmap_block']['min'] / t['ours_singles']['min']:.2f}")
     if "pyhessian" in t:
         print(f"  pyhessian/ours: {t['pyhessian']['min'] / o:.2f}x")
     sys.stdout.flush()

@@ -2,26 +2,47 @@
 
 For ranks too large to hold a Krylov basis of (rank x P) numbers. Memory: the deflation
 block (``num_deflate`` vectors) plus 3 vectors per probe, independent of the depth.
+
+H_O with a built-in loss is counted in the output space when that is smaller (M = N x C
+outputs < P; ``operators.gram``): its Gram matrix ``G`` (M x M) has H_O's non-zero
+eigenvalues, so the count is the same, but the null space that makes SLQ wander shrinks
+from ``P - r`` to ``M - r`` dimensions. Up to ``DENSE_OUTPUT_MAX`` outputs (and within the
+budget) G is formed from M products and the count is exact, whatever P is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from scalable_hrank.errors import NotConvergedError
 from scalable_hrank.linalg import DensityRank, SLQState, eigenpairs, slq_rank
 from scalable_hrank.operators import CurvatureOperator
-from scalable_hrank.result import RankResult
+from scalable_hrank.operators.gram import OutputGramOperator, unavailable_reason
+from scalable_hrank.result import RankResult, find_gap, rank_curve
 
 #: Default budget of the SLQ stage (products), probes and deflated eigenpairs.
 DEFAULT_DENSITY_MATVECS = 16000
 DEFAULT_PROBES = 8
 DEFAULT_DEFLATE = 32
+#: Largest output dimension M for which H_O is counted from the dense M x M Gram matrix
+#: (M products, 8 M^2 bytes: 134 MB at 4096).
+DENSE_OUTPUT_MAX = 4096
 
 
-def _deflation(op: CurvatureOperator, k: int, generator: torch.Generator,
+class _Counted(Protocol):
+    """What SLQ counts on: a square operator with ``matmat``, ``size``, dtype, device."""
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor: ...
+
+
+def _deflation(op: _Counted, k: int, generator: torch.Generator,
                ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int]:
     """Top-|lambda| Ritz pairs (Q (P, k), theta (k,)) to deflate, and the products spent."""
     if k == 0:
@@ -39,8 +60,13 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
                  max_matvecs: int | None = None, num_probes: int = DEFAULT_PROBES,
                  num_deflate: int = DEFAULT_DEFLATE, confidence: float = 0.95,
                  on_block: Callable[[SLQState], None] | None = None,
-                 resume_state: SLQState | None = None) -> RankResult:
+                 resume_state: SLQState | None = None,
+                 output_space: bool = True) -> RankResult:
     """Count eigenvalues with |lambda| > tau of ``op`` by deflated SLQ.
+
+    H_O with a built-in loss is counted on its output-space Gram matrix when the data has
+    fewer outputs M than parameters P (module docstring): exactly from the dense M x M
+    matrix when ``M <= min(DENSE_OUTPUT_MAX, budget)``, else by SLQ on it.
 
     Args:
         op: The curvature operator.
@@ -54,22 +80,38 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         on_block: Called with the SLQ state every few Lanczos steps (checkpointing).
         resume_state: An SLQ state saved from ``on_block``: the run continues from it (the
             deflation is recomputed, deterministically from the same seed).
+        output_space: Allow the output-space count of H_O (False: always SLQ on ``op``).
 
     Returns:
-        RankResult with method "density", certified False, ``rank_low``/``rank_high`` at
+        RankResult with method "density", certified False (True only for the exact dense
+        output-space count), ``rank_low``/``rank_high`` at
         ``confidence``. When SLQ does not converge within the budget the result says so
         (``extra["feasible"] = False``, ``extra["matvecs_needed"]``): ``rank`` is then only
-        the deflated count, a lower bound, and ``rank_high`` is P: no number is guessed.
+        the deflated count, a lower bound, and ``rank_high`` is P (M in the output space):
+        no number is guessed. ``extra["space"]`` says where the count ran ("parameters",
+        "outputs" or "outputs-dense"; the last is exact and certified).
     """
-    k = min(num_deflate, max(op.size // 10, 0))
-    deflation, spent = _deflation(op, k, generator)
     budget = max_matvecs if max_matvecs is not None else DEFAULT_DENSITY_MATVECS
-    dr: DensityRank = slq_rank(op.matmat, op.size, tau=tau, generator=generator,
+    counted: _Counted = op
+    space_notes: list[str] = []
+    if output_space and psd and unavailable_reason(op) is None:
+        gram = OutputGramOperator(op)
+        if gram.size < op.size:
+            space_notes.append(
+                f"H_O counted in the output space: its {gram.size} x {gram.size} Gram matrix "
+                f"has the non-zero eigenvalues of the {op.size} x {op.size} H_O")
+            if gram.size <= min(DENSE_OUTPUT_MAX, budget):
+                return _dense_output_rank(op, gram, tau=tau, notes=space_notes)
+            counted = gram
+    k = min(num_deflate, max(counted.size // 10, 0))
+    deflation, spent = _deflation(counted, k, generator)
+    dr: DensityRank = slq_rank(counted.matmat, counted.size, tau=tau, generator=generator,
                                num_probes=num_probes, max_matvecs=budget,
                                max_steps=max(2, budget // num_probes), psd=psd,
-                               deflation=deflation, confidence=confidence, dtype=op.dtype,
-                               device=op.device, state=resume_state, on_step=on_block)
-    notes = list(dr.notes)
+                               deflation=deflation, confidence=confidence,
+                               dtype=counted.dtype, device=counted.device, state=resume_state,
+                               on_step=on_block)
+    notes = space_notes + list(dr.notes)
     extra = {
         "estimate": dr.estimate, "probe_std": dr.probe_std,
         "resolution_bias": dr.resolution_bias, "num_steps": dr.num_steps,
@@ -78,7 +120,8 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         "kappa": dr.kappa, "lambda_max_deflated": dr.lambda_max, "delta": dr.delta,
         "num_deflated": dr.num_deflated, "deflated_count": dr.deflated_count,
         "deflation_matvecs": spent, "psd": psd,
-        "nodes": dr.nodes.tolist(), "weights": dr.weights.tolist(),
+        "space": "outputs" if counted is not op else "parameters", "counted_size": counted.size,
+        **_spectrum_of(op.size, counted.size, dr.nodes, dr.weights),
     }
     if dr.converged:
         rank, low, high = dr.rank, dr.rank_low, dr.rank_high
@@ -88,7 +131,7 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
             f"{dr.steps_needed} steps x {dr.num_probes} probes = {dr.matvecs_needed} products "
             f"(ran {dr.num_steps} steps); raise max_matvecs, deflate more, or raise the "
             "threshold. Only the deflated count is a known lower bound.")
-        rank, low, high = dr.deflated_count, dr.deflated_count, op.size
+        rank, low, high = dr.deflated_count, dr.deflated_count, counted.size
     mags = []
     if deflation is not None:
         mags = deflation[1].abs().tolist()
@@ -99,3 +142,48 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         eigenvalues=tuple(sorted(mags, reverse=True)) or None, gap=dr.gap, notes=tuple(notes),
         dtype=str(op.dtype), device=str(op.device), extra=extra,
     )
+
+
+def _dense_output_rank(op: CurvatureOperator, gram: OutputGramOperator, *, tau: float,
+                       notes: list[str]) -> RankResult:
+    """Exact count of H_O's eigenvalues above ``tau`` from the dense output Gram matrix.
+
+    Cost: M products (one per output), an M x M float64 eigendecomposition.
+    """
+    before = gram.matvecs
+    vals = torch.linalg.eigvalsh(gram.to_dense().double()).flip(0).cpu()
+    mags = vals.abs()
+    rank = int((mags > tau).sum())
+    scale = float(mags.max()) if mags.numel() else 0.0
+    m, n = gram.size, op.size
+    notes = [*notes, f"exact: the dense Gram matrix from {m} products"]
+    extra = {
+        "space": "outputs-dense", "counted_size": m, "converged": True, "feasible": True,
+        "estimate": float(rank), "psd": True,
+        **_spectrum_of(n, m, vals.unsqueeze(0), torch.full((1, m), 1.0 / m,
+                                                            dtype=torch.float64)),
+    }
+    return RankResult(
+        rank=rank, n=n, kind=op.kind, method="density", tol=tau, scale=scale,
+        matvecs=gram.matvecs - before, seconds=0.0, certified=True, rank_low=rank,
+        rank_high=rank, eigenvalues=tuple(vals.tolist()),
+        inertia=(int((vals > tau).sum()), int((vals < -tau).sum())),
+        rank_curve=rank_curve(mags.tolist(), scale),
+        gap=find_gap(mags.tolist(), floor=m * torch.finfo(torch.float64).eps * scale),
+        notes=tuple(notes), dtype=str(op.dtype), device=str(op.device), extra=extra,
+    )
+
+
+def _spectrum_of(n: int, m: int, nodes: torch.Tensor, weights: torch.Tensor,
+                 ) -> dict[str, list[list[float]]]:
+    """Nodes and weights (rows summing to 1) of an n x n operator's spectrum, for plots.
+
+    From an m x m operator with the same non-zero eigenvalues (m <= n): the weights are
+    scaled by m / n and each row gains a node at zero holding the other n - m eigenvalues.
+    """
+    if m < n:
+        rows = nodes.shape[0]
+        nodes = torch.cat([nodes, torch.zeros(rows, 1, dtype=nodes.dtype)], dim=1)
+        weights = torch.cat([weights * (m / n),
+                             torch.full((rows, 1), (n - m) / n, dtype=weights.dtype)], dim=1)
+    return {"nodes": nodes.tolist(), "weights": weights.tolist()}

@@ -11,6 +11,7 @@ from torch import nn
 
 import scalable_hrank as hr
 from scalable_hrank.errors import NonFiniteError
+from scalable_hrank.operators import curvature
 from tests.dense_reference import dense_curvatures
 
 KINDS = ("loss", "outer", "functional")
@@ -93,6 +94,41 @@ def test_block_equals_columns_and_scipy() -> None:
     sp = op.to_scipy()
     assert np.allclose(sp.matvec(block[:, 0].numpy()), together[:, 0].numpy(), rtol=1e-12)
     assert np.allclose(sp.matmat(block.numpy()), together.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_column_loop_equals_one_vmap(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU layout for large models (a column loop into a (k, P) buffer) = the vmap path."""
+    model = small_mlp(True, "tanh")
+    x, y = small_data("mse")
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    ref = dense_curvatures(model, "mse", x, y)[kind]
+    g = torch.Generator().manual_seed(0)
+    block = torch.randn(sum(p.numel() for p in model.parameters()), 5, generator=g,
+                        dtype=torch.float64)
+    vmapped = hr.curvature_operator(model, "mse", batches, kind) @ block
+    monkeypatch.setitem(curvature.COLUMN_LOOP_MIN_SIZE, "cpu", 0)
+    op = hr.curvature_operator(model, "mse", batches, kind)
+    looped = op @ block
+    assert rel_err(looped, ref @ block) < 1e-12 and rel_err(vmapped, ref @ block) < 1e-12
+    again = op @ looped  # a transposed (column-major) result as the next operand
+    assert rel_err(again, ref @ (ref @ block)) < 1e-12
+    assert rel_err(op @ block[:, 2], ref @ block[:, 2]) < 1e-12
+    assert op.matvecs == 11
+
+
+def test_non_finite_product_search_names_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    x, y = small_data("mse")
+    monkeypatch.setitem(curvature.COLUMN_LOOP_MIN_SIZE, "cpu", 0)
+    op = hr.curvature_operator(model, "mse", [(x[:6], y[:6]), (x[6:], y[6:])])
+    op @ torch.ones(op.size, dtype=torch.float64)
+    op @ torch.ones(op.size, 2, dtype=torch.float64)
+    block = torch.ones(op.size, 2, dtype=torch.float64)
+    block[0, 1] = math.inf
+    with pytest.raises(NonFiniteError, match="batch 0 after 3 products") as info:
+        op @ block
+    assert info.value.batch == 0 and info.value.num_matvecs == 3
 
 
 def test_parameter_subset_is_the_submatrix() -> None:

@@ -17,12 +17,18 @@ from scalable_hrank.errors import NonFiniteError
 from scalable_hrank.operators.batches import Batch, BatchSource, call_model
 from scalable_hrank.operators.losses import LossFn, check_targets, resolve_loss
 from scalable_hrank.operators.params import ParameterSpace, parameter_space
-from scalable_hrank.operators.products import FACTORIES, MatVec
+from scalable_hrank.operators.products import FACTORIES, MatVec, Params
 
 log = logging.getLogger(__name__)
 
 #: "loss" = H_L (Hessian of the loss), "outer" = H_O (Gauss-Newton), "functional" = H_F.
 KINDS = ("loss", "outer", "functional")
+
+#: Blocks run one column at a time from this many parameters on, by device type (others:
+#: one vmap over the whole block). On CPUs a vmapped block is no faster per product than a
+#: loop for large models and holds k copies of every intermediate; below 2^17 parameters one
+#: vmap is 2-10x cheaper per product (call overhead dominates). docs/benchmarks.md.
+COLUMN_LOOP_MIN_SIZE: dict[str, int] = {"cpu": 2**17}
 
 
 def check_eval_mode(model: nn.Module) -> None:
@@ -93,11 +99,12 @@ class CurvatureOperator:
         return self.space.size
 
     # -- per batch ---------------------------------------------------------------------------
-    def _forward(self, batch: Batch) -> Callable[[Tensor], Tensor]:
-        fixed, space, model = self.space.fixed, self.space, self.model
+    def _forward(self, batch: Batch) -> Callable[[Params], Tensor]:
+        fixed, names, model = self.space.fixed, self.space.names, self.model
 
-        def forward(theta: Tensor) -> Tensor:
-            out = call_model(model, {**fixed, **space.unflatten(theta)}, batch.inputs)
+        def forward(theta: Params) -> Tensor:
+            out = call_model(model, {**fixed, **dict(zip(names, theta, strict=True))},
+                             batch.inputs)
             if not isinstance(out, Tensor):
                 msg = (f"model returned {type(out).__name__}, not a Tensor; wrap it so that "
                        "it returns the outputs the loss acts on")
@@ -137,7 +144,8 @@ class CurvatureOperator:
         if batch.index in self._cached:
             return self._cached[batch.index]
         weight = batch.size / self.num_samples
-        mv, value = FACTORIES[self.kind](self.theta, self._forward(batch), self._loss_fn,
+        mv, value = FACTORIES[self.kind](self.space.split(self.theta), self._forward(batch),
+                                         self._loss_fn,
                                          batch.targets, weight)
         if not torch.isfinite(value):
             msg = f"loss is {value.item()} on batch {batch.index}"
@@ -154,18 +162,78 @@ class CurvatureOperator:
         for batch in self._batches:
             yield batch.index, self._batch_matvec(batch)
 
-    def _apply_block(self, mv: MatVec, block: Tensor) -> Tensor:
-        if self._use_vmap:
+    def _column_loop(self) -> bool:
+        min_size = COLUMN_LOOP_MIN_SIZE.get(self.device.type)
+        return not self._use_vmap or (min_size is not None and self.size >= min_size)
+
+    def _sum_into(self, out: Tensor, parts: Params, *, first: bool) -> None:
+        """Write (``first``) or add per-parameter results into the flat buffer ``out`` (..., P)."""
+        if first:
+            lead = out.shape[:-1]
+            torch.cat([p.reshape(*lead, -1) for p in parts], dim=-1, out=out)
+        else:
+            torch._foreach_add_(list(self.space.split(out)), list(parts))
+
+    def _matmat_vmapped(self, cols: Tensor) -> Tensor | None:
+        """Sum over batches of one vmap over the rows of ``cols`` (k, P).
+
+        None if there is no batch or vmap is not supported (then ``_use_vmap`` is cleared).
+        """
+        out: Tensor | None = None
+        tangents = self.space.split(cols)
+        for _, mv in self._matvecs_per_batch():
             try:
-                return torch.func.vmap(mv, in_dims=1, out_dims=1)(block)
+                parts = torch.func.vmap(mv)(tangents)
             except (RuntimeError, NotImplementedError) as exc:
                 log.info("vmap over tangents failed (%s); falling back to a column loop", exc)
                 self._use_vmap = False
-        return torch.stack([mv(block[:, j]) for j in range(block.shape[1])], dim=1)
+                return None
+            first = out is None
+            out = torch.empty_like(cols) if out is None else out
+            self._sum_into(out, parts, first=first)
+        return out
+
+    def _matmat_columns(self, cols: Tensor) -> Tensor | None:
+        """Sum over batches, one row of ``cols`` (k, P) at a time; None if there is no batch.
+
+        Each product's per-parameter results are written or added into the row of one
+        (k, P) buffer (no P-vector is assembled per product). Once every batch's graph is
+        cached, each column runs through all batches before the next, so its row stays in
+        the CPU cache; before that, batches come first (one data pass per call).
+        """
+        out = torch.empty_like(cols)
+        seen = False
+        if self.cache and self._cached and len(self._cached) == len(self._batches.sizes):
+            for row, col in zip(out, cols, strict=True):
+                tangent = self.space.split(col)
+                for number, mv in enumerate(self._cached.values()):
+                    self._sum_into(row, mv(tangent), first=number == 0)
+            return out
+        for _, mv in self._matvecs_per_batch():
+            for row, col in zip(out, cols, strict=True):
+                self._sum_into(row, mv(self.space.split(col)), first=not seen)
+            seen = True
+        return out if seen else None
+
+    def _non_finite_error(self, cols: Tensor) -> NonFiniteError:
+        """Find the first batch whose product is not finite (runs only after a failure)."""
+        where = f"after {self.matvecs} products"
+        for index, mv in self._matvecs_per_batch():
+            for col in cols:
+                if not all(torch.isfinite(p).all() for p in mv(self.space.split(col))):
+                    msg = f"non-finite curvature product on batch {index} {where}"
+                    return NonFiniteError(msg, num_matvecs=self.matvecs, batch=index)
+        msg = f"curvature product overflowed when summed over the batches {where}"
+        return NonFiniteError(msg, num_matvecs=self.matvecs, batch=None)
 
     # -- public ------------------------------------------------------------------------------
     def matmat(self, block: Tensor) -> Tensor:
-        """Return H @ block for block (P,) or (P, k); counts k products."""
+        """Return H @ block for block (P,) or (P, k); counts k products.
+
+        A block result is column-major (a transposed (k, P) buffer), as LAPACK's are. Cost:
+        k products per batch and one finiteness reduction; on a non-finite result, the
+        products again to name the batch.
+        """
         if not isinstance(block, Tensor):
             msg = f"operand must be a torch.Tensor; got {type(block).__name__}"
             raise TypeError(msg)
@@ -175,22 +243,22 @@ class CurvatureOperator:
             msg = (f"operand must have shape ({self.size},) or ({self.size}, k); "
                    f"got {tuple(block.shape)}")
             raise ValueError(msg)
-        mat = mat.to(device=self.device, dtype=self.dtype)
+        # (k, P) unit-stride columns: no copy for the column-major blocks that LAPACK's QR
+        # and this method return, one transposition for a row-major block
+        cols = mat.to(device=self.device, dtype=self.dtype).T.contiguous()
         out: Tensor | None = None
-        for index, mv in self._matvecs_per_batch():
-            part = self._apply_block(mv, mat)
-            # one reduction first (cheap); the elementwise check only if it is not finite
-            if not torch.isfinite(part.sum()) and not torch.isfinite(part).all():
-                msg = (f"non-finite curvature product on batch {index} after "
-                       f"{self.matvecs} products")
-                raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=index)
-            out = part if out is None else out.add_(part)
-        if out is None:  # no batch on this process (a data shard can be empty)
-            out = torch.zeros_like(mat)
+        if not self._column_loop():
+            out = self._matmat_vmapped(cols)
+        if self._column_loop():  # by policy, or because vmap just failed
+            out = self._matmat_columns(cols)
+        out = torch.zeros_like(cols) if out is None else out  # no batch on this process
+        # one reduction (cheap); the elementwise check and the search only when it fails
+        if not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
+            raise self._non_finite_error(cols)
         if _distributed():
             torch.distributed.all_reduce(out)
         self.matvecs += mat.shape[1]
-        return out.squeeze(1) if vector else out
+        return out[0] if vector else out.T  # (P, k), column-major
 
     __matmul__ = matmat
 

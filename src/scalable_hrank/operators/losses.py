@@ -126,3 +126,47 @@ def output_hessian_matmul(loss_fn: LossFn, outputs: Tensor,
         return torch.func.jvp(grad_f, (out,), (u,))[1]
 
     return apply
+
+
+OutputMap = Callable[[Tensor], Tensor]
+
+
+def has_output_factor(loss_fn: LossFn) -> bool:
+    """Whether :func:`output_hessian_factor` has a closed form for ``loss_fn``."""
+    return loss_fn in (mse, logcosh, cross_entropy)
+
+
+def output_hessian_factor(loss_fn: LossFn, outputs: Tensor,
+                          targets: Tensor) -> tuple[OutputMap, OutputMap] | None:
+    """A factor ``L`` with ``L L^T = d^2 l / dF^2`` per row, as ``(u -> L^T u, w -> L w)``.
+
+    Both maps act on tensors shaped like ``outputs`` (one row per sample, O(C) work per
+    row). Closed forms: mse ``L = I / sqrt(B)``; logcosh ``L = diag(sqrt(1 - tanh^2))``
+    (times ``1/sqrt(B)``); cross-entropy ``L = sqrt(mass) diag(s) (I - s s^T)`` with
+    ``s = sqrt(softmax(F))``, which squares to ``mass (diag(pi) - pi pi^T)`` since ``s`` is a
+    unit vector. None for a user callable (no closed form).
+    """
+    out = outputs.detach()
+    scale = 1.0 / out.shape[0]
+    if loss_fn is mse:
+        root = math.sqrt(scale)
+        return (lambda u: u * root), (lambda w: w * root)
+    if loss_fn is logcosh:
+        root = ((1.0 - torch.tanh(out - targets) ** 2) * scale).sqrt()
+        return (lambda u: u * root), (lambda w: w * root)
+    if loss_fn is cross_entropy:
+        pi = torch.softmax(out, dim=-1)
+        if targets.is_floating_point():
+            mass = targets.sum(-1, keepdim=True) * scale
+        else:
+            mass = (targets != -100).unsqueeze(-1).to(out.dtype) * scale
+        s, root = pi.sqrt(), mass.sqrt()
+
+        def lt(u: Tensor) -> Tensor:
+            return root * (s * u - s * (pi * u).sum(-1, keepdim=True))
+
+        def ell(w: Tensor) -> Tensor:
+            return root * s * (w - s * (s * w).sum(-1, keepdim=True))
+
+        return lt, ell
+    return None

@@ -150,10 +150,15 @@ class ParameterSpace:
         """P, the number of selected scalar parameters."""
         return sum(self.numels)
 
+    def split(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """Views of ``flat`` (..., P) shaped like the parameters: (..., *shape) each, no copy."""
+        lead = flat.shape[:-1]
+        parts = torch.split(flat, self.numels, dim=-1)
+        return tuple(p.view(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
+
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Split a flat (P,) vector into named views shaped like the parameters."""
-        parts = torch.split(theta, self.numels)
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
+        return dict(zip(self.names, self.split(theta), strict=True))
 
 
 def parameter_space(model: nn.Module,

@@ -1,103 +1,67 @@
 """Per-batch product factories for the three curvature matrices, built on torch.func.
 
-Each factory takes the flat parameters ``theta`` (P,), a forward function
-``forward(theta) -> outputs`` for one batch, the loss, the targets and the batch weight
-``w = N_b / N``, and returns ``matvec(v: (P,)) -> (P,)``. Columns of a block are mapped with
-``torch.func.vmap`` by the caller.
+Each factory takes the parameters ``theta`` (a tuple of tensors, one per parameter), a
+forward function ``forward(theta) -> outputs`` for one batch, the loss, the targets and the
+batch weight ``w = N_b / N``, and returns ``matvec(v) -> H_b v`` on tuples shaped like
+``theta``: per-parameter results, so that no product assembles a P-vector of its own (the
+caller sums the batches into one flat buffer).
 
 Caching: the returned closures hold the graph of the batch (forward + first backward), so
 repeated products cost reverse sweeps through that graph (reverse-over-reverse), about 1.5x a
 gradient, instead of re-running forward and backward (2.9x). Memory per batch: the
 activations plus the first backward's intermediates.
 
-Blocks: every closure goes through :class:`_Blockwise`, an autograd.Function with its own
-vmap rule, so the caller's ``vmap`` over the columns of a block is executed in chunks of
-:data:`BLOCK_CHUNK` columns (by device type): one column at a time on CPUs, where one vmap
-over a block was no faster per product than a loop (1.3x vs 1.2x of a single product on the
-benchmark MLP) and holds k copies of every intermediate, while single products skip vmap's
-batching layer (docs/benchmarks.md); and the whole
-block in one vmap on GPUs (0.03x per product at k = 32 on an H200). The closures run with
-autograd recording off, so a product builds no graph of its own.
+Blocks: the caller maps the columns of a block (a loop or one ``torch.func.vmap``, chosen in
+curvature.py). The closures run with autograd recording off, so a product builds no graph of
+its own (``torch.func``'s vjp would otherwise record one that nobody differentiates).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from scalable_hrank.operators.losses import LossFn, output_hessian_matmul, residual
+from scalable_hrank.operators.losses import (
+    LossFn,
+    output_hessian_factor,
+    output_hessian_matmul,
+    residual,
+)
 
-Forward = Callable[[Tensor], Tensor]
-MatVec = Callable[[Tensor], Tensor]
-
-#: Columns per vmap call when a block is mapped over a product closure, by device type;
-#: 1 = a plain loop over the columns, None = the whole block in one vmap. Other device types
-#: use the "default" entry. The CPU entry applies from ``CPU_LOOP_MIN_SIZE`` parameters on:
-#: below it one vmap over the block is 2-10x cheaper per product (call overhead dominates).
-BLOCK_CHUNK: dict[str, int | None] = {"cpu": 1, "default": None}
-CPU_LOOP_MIN_SIZE = 2**17
-
-
-class _Blockwise(torch.autograd.Function):
-    """``mv(v)`` as a function whose vmap rule maps the columns in chunks (see module doc)."""
-
-    generate_vmap_rule = False
-
-    @staticmethod
-    def forward(v: Tensor, mv: MatVec, chunk: int | None) -> Tensor:  # type: ignore[override]
-        return mv(v)
-
-    @staticmethod
-    def setup_context(ctx: object, inputs: object, output: object) -> None:
-        pass
-
-    @staticmethod
-    def vmap(info: object, in_dims: tuple[int | None, ...], v: Tensor, mv: MatVec,
-             chunk: int | None) -> tuple[Tensor, int]:
-        if in_dims[0] is None:  # the same vector for every column
-            return mv(v), None  # type: ignore[return-value]
-        cols = v.movedim(in_dims[0], 0).contiguous()  # unit-stride columns
-        k = cols.shape[0]
-        if chunk == 1:
-            return torch.stack([mv(c) for c in cols]), 0
-        if chunk is None or chunk >= k:
-            return torch.func.vmap(mv)(cols), 0
-        return torch.cat([torch.func.vmap(mv)(cols[i:i + chunk])
-                          for i in range(0, k, chunk)]), 0
+Params = tuple[Tensor, ...]
+Forward = Callable[[Params], Tensor]
+MatVec = Callable[[Params], Params]
 
 
-def _blockwise(mv: MatVec, theta: Tensor) -> MatVec:
-    """Wrap a single-vector product so that vmapped blocks run in device-sized chunks."""
-    device = theta.device
-    chunk = BLOCK_CHUNK.get(device.type, BLOCK_CHUNK.get("default"))
-    if device.type == "cpu" and theta.numel() < CPU_LOOP_MIN_SIZE:
-        chunk = None
-
-    def matvec(v: Tensor) -> Tensor:
+def _without_graph(mv: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``mv`` run with autograd recording off."""
+    def matvec(v: Any) -> Any:
         with torch.no_grad():
-            return _Blockwise.apply(v, mv, chunk)
+            return mv(v)
 
     return matvec
 
 
-def loss_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn, targets: Tensor,
+def loss_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn, targets: Tensor,
                         weight: float) -> tuple[MatVec, Tensor]:
     """V -> w H_b v with H_b the Hessian of the batch's mean loss; also returns the loss.
 
     Cost: one forward + backward to build; each product one reverse-over-reverse sweep.
     """
-    def batch_loss(t: Tensor) -> tuple[Tensor, Tensor]:
+    def batch_loss(t: Params) -> tuple[Tensor, Tensor]:
         value = loss_fn(forward(t), targets)
         return value * weight, value.detach()
 
     grad_fn = torch.func.grad(batch_loss, has_aux=True)
     _, vjp_fn, value = torch.func.vjp(grad_fn, theta, has_aux=True)
-    return _blockwise(lambda v: vjp_fn(v)[0], theta), value
+    return _without_graph(lambda v: vjp_fn(v)[0]), value
 
 
-def functional_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn,
+def functional_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn,
                               targets: Tensor, weight: float) -> tuple[MatVec, Tensor]:
     """V -> w H_F,b v, the Hessian of <stopgrad(dl/dF), F(theta)>; also returns the loss.
 
@@ -108,36 +72,63 @@ def functional_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn,
     value = loss_fn(outputs, targets).detach()
     res = residual(loss_fn, outputs, targets) * weight
 
-    def weighted_outputs(t: Tensor) -> Tensor:
+    def weighted_outputs(t: Params) -> Tensor:
         return (forward(t) * res).sum()
 
     _, vjp_fn = torch.func.vjp(torch.func.grad(weighted_outputs), theta)
-    return _blockwise(lambda v: vjp_fn(v)[0], theta), value
+    return _without_graph(lambda v: vjp_fn(v)[0]), value
 
 
-def outer_hessian_matvec(theta: Tensor, forward: Forward, loss_fn: LossFn, targets: Tensor,
-                         weight: float) -> tuple[MatVec, Tensor]:
-    """V -> w J^T Q J v (Gauss-Newton), Q = d^2 l / dF^2; also returns the loss.
+def _jacobian_maps(theta: Params, forward: Forward,
+                   ) -> tuple[Tensor, Callable[[Tensor], Params], Callable[[Params], Tensor]]:
+    """The batch's outputs and ``u -> J^T u``, ``v -> J v`` on cached graphs.
 
-    Both Jacobian products reuse cached graphs: J^T u is the batch's reverse pass, and J v is
-    the reverse pass of ``u -> J^T u`` (linear in u; the "double-vjp" trick), so no product
-    re-runs the network's forward. For a late parameter block of a deep model that is the
-    difference between one partial backward and a whole forward with tangents. Q acts on
-    the small output space in closed form. Cost per product: two reverse sweeps through
-    the cached graphs; memory: the batch's forward graph plus one backward's intermediates.
+    J^T u is the batch's reverse pass, and J v is the reverse pass of ``u -> J^T u``
+    (linear in u; the "double-vjp" trick), so no product re-runs the network's forward. For
+    a late parameter block of a deep model that is the difference between one partial
+    backward and a whole forward with tangents. Memory: the batch's forward graph plus one
+    backward's intermediates.
     """
     outputs, vjp_fn = torch.func.vjp(forward, theta)
     outputs = outputs.detach()
-    value = loss_fn(outputs, targets).detach()
-    q_matmul = output_hessian_matmul(loss_fn, outputs, targets)
     with torch.enable_grad():
         _, jacobian_fn = torch.func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(outputs))
+    return outputs, (lambda u: vjp_fn(u)[0]), (lambda v: jacobian_fn(v)[0])
 
-    def matvec(v: Tensor) -> Tensor:
-        jv = jacobian_fn(v)[0]
-        return vjp_fn(q_matmul(jv) * weight)[0]
 
-    return _blockwise(matvec, theta), value
+def outer_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn, targets: Tensor,
+                         weight: float) -> tuple[MatVec, Tensor]:
+    """V -> w J^T Q J v (Gauss-Newton), Q = d^2 l / dF^2; also returns the loss.
+
+    Both Jacobian products reuse cached graphs (:func:`_jacobian_maps`); Q acts on the small
+    output space in closed form. Cost per product: two reverse sweeps through the cached
+    graphs.
+    """
+    outputs, jt, jac = _jacobian_maps(theta, forward)
+    value = loss_fn(outputs, targets).detach()
+    q_matmul = output_hessian_matmul(loss_fn, outputs, targets)
+    return _without_graph(lambda v: jt(q_matmul(jac(v)) * weight)), value
+
+
+def output_factor_maps(theta: Params, forward: Forward, loss_fn: LossFn, targets: Tensor,
+                       weight: float,
+                       ) -> tuple[Callable[[Params], Tensor], Callable[[Tensor], Params],
+                                  Tensor] | None:
+    """The factor ``A_b = sqrt(w) J^T L`` of the batch's ``w J^T Q J = A_b A_b^T``.
+
+    Returns ``(v -> A_b^T v, u -> A_b u, outputs)``: ``A_b^T v`` is shaped like the outputs,
+    ``A_b u`` like ``theta``; or None when the loss has no closed-form factor ``L`` of Q
+    (a user callable; ``losses.output_hessian_factor``). Cost of each map: one reverse sweep
+    through the cached graphs.
+    """
+    outputs, jt, jac = _jacobian_maps(theta, forward)
+    factor = output_hessian_factor(loss_fn, outputs, targets)
+    if factor is None:
+        return None
+    lt, ell = factor
+    root = math.sqrt(weight)
+    return (_without_graph(lambda v: lt(jac(v)) * root),
+            _without_graph(lambda u: jt(ell(u) * root)), outputs)
 
 
 FACTORIES: dict[str, Callable[..., tuple[MatVec, Tensor]]] = {

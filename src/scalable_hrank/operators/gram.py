@@ -1,0 +1,109 @@
+"""H_O seen from the outputs: the M x M Gram matrix ``G = A^T A`` of ``H_O = A A^T``.
+
+With ``Q_b = L_b L_b^T`` the loss's output Hessian on batch b (closed form,
+``losses.output_hessian_factor``) and weights ``w_b = N_b / N``,
+``H_O = sum_b w_b J_b^T Q_b J_b = A A^T`` for ``A = [sqrt(w_b) J_b^T L_b]_b`` (P x M), where M
+is the number of scalar outputs over the whole dataset (N x C for N samples of C outputs).
+``G = A^T A`` and ``H_O`` have the same non-zero eigenvalues with the same multiplicities,
+so ``rank(H_O) = rank(G)`` at every threshold. When ``M < P`` the count is cheaper there:
+the null space shrinks from ``P - r`` to ``M - r`` dimensions, and for a small M the dense
+G (M products) gives the exact count whatever P is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from scalable_hrank.operators.curvature import CurvatureOperator, _distributed
+from scalable_hrank.operators.losses import has_output_factor
+from scalable_hrank.operators.products import Params, output_factor_maps
+
+
+class OutputGramOperator:
+    """Matrix-free ``G = A^T A`` (M x M) over the outputs of an H_O operator's data.
+
+    ``gram @ U`` takes U of shape (M,) or (M, k) in the operator's dtype and device. Each
+    column costs what one H_O product costs (``A u`` then ``A^T`` of it: one reverse sweep
+    per batch each) and is counted in ``matvecs`` and in the operator's ``matvecs``.
+    Memory: one cached graph per batch (as the H_O operator's own) and one P-vector per
+    column in flight.
+
+    Args:
+        op: A :class:`CurvatureOperator` of kind "outer".
+
+    Raises:
+        ValueError: ``op`` is not of kind "outer", its loss is a user callable (no
+            closed-form factor of Q), or torch.distributed is initialized (the outputs
+            would be spread over processes).
+    """
+
+    def __init__(self, op: CurvatureOperator) -> None:
+        reason = unavailable_reason(op)
+        if reason is not None:
+            raise ValueError(reason)
+        self.op = op
+        self.dtype, self.device = op.dtype, op.device
+        self._maps = []
+        for batch in op._batches:
+            maps = output_factor_maps(op.space.split(op.theta), op._forward(batch),
+                                      op._loss_fn, batch.targets,
+                                      batch.size / op.num_samples)
+            if maps is None:  # unavailable_reason checks the loss first
+                raise ValueError(unavailable_reason(op))
+            self._maps.append(maps)
+        self._shapes = [outputs.shape for _, _, outputs in self._maps]
+        self._sizes = [math.prod(shape) for shape in self._shapes]
+        self.size = sum(self._sizes)
+        self.shape = (self.size, self.size)
+        self.matvecs = 0
+
+    def _apply(self, u: Tensor) -> Tensor:
+        """``G u`` for one column u (M,)."""
+        pieces = torch.split(u, self._sizes)
+        w: list[Tensor] = []
+        for (_, a_map, _), piece, shape in zip(self._maps, pieces, self._shapes, strict=True):
+            part = a_map(piece.reshape(shape))
+            if w:
+                torch._foreach_add_(w, list(part))
+            else:
+                w = list(part)
+        params: Params = tuple(w)
+        return torch.cat([at_map(params).reshape(-1) for at_map, _, _ in self._maps])
+
+    def matmat(self, block: Tensor) -> Tensor:
+        """Return ``G @ block`` for block (M,) or (M, k); counts k products."""
+        vector = block.dim() == 1
+        mat = block.unsqueeze(1) if vector else block
+        if mat.dim() != 2 or mat.shape[0] != self.size:
+            msg = (f"operand must have shape ({self.size},) or ({self.size}, k); "
+                   f"got {tuple(block.shape)}")
+            raise ValueError(msg)
+        mat = mat.to(device=self.device, dtype=self.dtype)
+        out = torch.stack([self._apply(col) for col in mat.T], dim=1)
+        self.matvecs += mat.shape[1]
+        self.op.matvecs += mat.shape[1]
+        return out.squeeze(1) if vector else out
+
+    __matmul__ = matmat
+
+    def to_dense(self, *, block_size: int = 64) -> Tensor:
+        """The dense M x M matrix, symmetrized. Cost: M products, M^2 numbers."""
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        dense = torch.cat([self.matmat(eye[:, i:i + block_size])
+                           for i in range(0, self.size, block_size)], dim=1)
+        return 0.5 * (dense + dense.T)
+
+
+def unavailable_reason(op: CurvatureOperator) -> str | None:
+    """Why ``op`` has no output-space Gram operator, or None when it has one."""
+    if op.kind != "outer":
+        return f"the output-space Gram matrix is H_O's; got an operator of kind {op.kind!r}"
+    if not has_output_factor(op._loss_fn):
+        return (f"loss {op.loss_name!r} has no closed-form factor of its output Hessian; "
+                "the output-space Gram matrix needs mse, cross_entropy or logcosh")
+    if _distributed():
+        return "the output-space Gram matrix is not supported under torch.distributed"
+    return None
