@@ -41,6 +41,9 @@ def test_outer_counted_exactly_from_the_output_gram(problem) -> None:
     top = torch.tensor(exact["outer"].eigenvalues[:160])
     assert torch.allclose(torch.tensor(res.eigenvalues[:160]), top, rtol=1e-9)
     assert res.matvecs <= 40 * 8 + 3 + 10  # M products, the symmetry probe, the H_L scale
+    weights = torch.tensor(res.extra["weights"], dtype=torch.float64)
+    assert weights.shape == (1, 40 * 8 + 1) and abs(float(weights.sum()) - 1.0) < 1e-12
+    assert abs(float(weights[0, -1]) - (1740 - 320) / 1740) < 1e-12  # the P - M zeros
 
 
 def test_outer_slq_in_the_output_space(problem, monkeypatch) -> None:

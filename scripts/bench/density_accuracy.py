@@ -32,13 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-matvecs", type=int, default=None,
                     help="SLQ budget (default: the package default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parameter-space", action="store_true",
+                    help="count H_O in parameter space too (no output-space Gram matrix)")
     ap.add_argument("--out", help="JSON rows")
     args = ap.parse_args(argv)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
-    print("| n | kind | true rank | estimate | interval (95%) | rel. error | converged "
-          "| products | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| n | kind | counted in | true rank | estimate | interval (95%) | rel. error "
+          "| converged | products | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for m in (int(w) for w in args.widths.split(",")):
         widths = (args.d, m, m, args.classes)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             res = hr.estimate_rank(model, "mse", data, kind, method="density", seed=args.seed,
                                    max_matvecs=args.max_matvecs,
-                                   density={"num_probes": args.probes})
+                                   density={"num_probes": args.probes,
+                                            "output_space": not args.parameter_space})
             secs = time.perf_counter() - start
             truth = pred.rank(kind)
             conv = bool(res.extra["converged"])
@@ -57,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
             err = abs(est - truth) / truth if conv else float("nan")
             interval = (f"[{res.rank_low}, {res.rank_high}]" if conv
                         else f"infeasible: needs {res.extra['matvecs_needed']} products")
-            print(f"| {res.n} | {kind} | {truth} | {est:.1f} | {interval} | "
+            space = res.extra["space"]
+            if space != "parameters":
+                space = f"{space} (M = {res.extra['counted_size']})"
+            print(f"| {res.n} | {kind} | {space} | {truth} | {est:.1f} | {interval} | "
                   f"{err:.2%} | {conv} | {res.matvecs} | {secs:.0f} |", flush=True)
             rows.append({"n": res.n, "kind": kind, "truth": truth, "estimate": est,
                          "rank_low": res.rank_low, "rank_high": res.rank_high,
                          "converged": conv, "matvecs": res.matvecs, "seconds": secs,
-                         "matvecs_needed": res.extra["matvecs_needed"],
+                         "matvecs_needed": res.extra.get("matvecs_needed", res.matvecs),
+                         "space": res.extra["space"],
                          "covered": conv and res.rank_low <= truth <= res.rank_high})
     if args.out:
         with open(args.out, "w") as fh:
