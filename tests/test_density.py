@@ -77,6 +77,8 @@ def test_infeasible_spread_is_reported_not_guessed(problem) -> None:
     assert res.extra["matvecs_needed"] > 400
     assert res.rank == res.rank_low <= exact["loss"].rank <= res.rank_high == res.n
     assert any("infeasible within the budget" in note for note in res.notes)
+    assert any(note.startswith("unverified: at ") for note in res.notes)
+    assert res.extra["resolved_threshold"] > res.tol
 
 
 def test_density_plot_from_api_and_cli(problem, tmp_path) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from scalable_hrank.errors import NotConvergedError
 from scalable_hrank.linalg import DensityRank, SLQState, eigenpairs, slq_rank
+from scalable_hrank.linalg.counting import kappa_for_steps
 from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.operators.gram import OutputGramOperator, unavailable_reason
 from scalable_hrank.result import RankResult, find_gap, rank_curve
@@ -131,6 +132,13 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
             f"{dr.steps_needed} steps x {dr.num_probes} probes = {dr.matvecs_needed} products "
             f"(ran {dr.num_steps} steps); raise max_matvecs, deflate more, or raise the "
             "threshold. Only the deflated count is a known lower bound.")
+        resolved = dr.lambda_max / kappa_for_steps(dr.num_steps, psd)
+        extra["resolved_threshold"] = resolved
+        notes.append(
+            f"unverified: at {dr.num_steps} steps SLQ separates from zero only |lambda| above "
+            f"about {resolved:.3g} (tau = {tau:.3g}); its count there is {dr.estimate:.1f} "
+            f"(probe interval [{dr.rank_low}, {dr.rank_high}]) and misses every eigenvalue "
+            "between tau and that, so it is not the rank at tau.")
         rank, low, high = dr.deflated_count, dr.deflated_count, counted.size
     mags = []
     if deflation is not None:

@@ -6,6 +6,7 @@ import torch
 from scalable_hrank.linalg.counting import (
     count_interval,
     detect_gap,
+    kappa_for_steps,
     normal_quantile,
     rademacher,
     smooth_step,
@@ -64,6 +65,14 @@ def test_steps_for_kappa_scaling() -> None:
     assert steps_for_kappa(1e4, psd=False) > 10 * steps_for_kappa(1e4, psd=True)
     with pytest.raises(ValueError, match="kappa"):
         steps_for_kappa(0.5, psd=True)
+
+
+@pytest.mark.parametrize("psd", [True, False])
+def test_kappa_for_steps_inverts_the_plan(psd: bool) -> None:
+    for kappa in (10.0, 1e3, 1e5):
+        steps = steps_for_kappa(kappa, psd)
+        assert kappa <= kappa_for_steps(steps, psd) <= (math.sqrt(kappa) + 1) ** 2
+    assert kappa_for_steps(2, psd) == 1.0
 
 
 def test_normal_quantile() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "normal_quantile",
     "rademacher",
     "smooth_step",
+    "kappa_for_steps",
     "steps_for_kappa",
 ]
 
@@ -204,6 +205,17 @@ def steps_for_kappa(kappa: float, psd: bool) -> int:
         raise err
     k = 3.0 * math.sqrt(kappa) + 8.0 if psd else 3.0 * kappa + 40.0
     return max(8, math.ceil(k))
+
+
+def kappa_for_steps(steps: int, psd: bool) -> float:
+    """The spread that ``steps`` Lanczos steps resolve: the inverse of :func:`steps_for_kappa`.
+
+    ``lambda_max / kappa_for_steps(k, psd)`` is about the smallest ``|lambda|`` that a count
+    at depth k separates from zero (at least 1; below the rule's fixed steps, 1).
+    """
+    k = float(steps)
+    kappa = (max(k - 8.0, 0.0) / 3.0) ** 2 if psd else (k - 40.0) / 3.0
+    return max(1.0, kappa)
 
 
 def normal_quantile(confidence: float) -> float:
