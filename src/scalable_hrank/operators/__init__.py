@@ -1,4 +1,4 @@
-"""Matrix-free curvature operators: H_L (loss), H_O (Gauss-Newton), H_F (functional part)."""
+"""Matrix-free curvature operators: H_L, H_O, H_F and H_O's output-space Gram matrix."""
 
 from scalable_hrank.operators.curvature import (
     KINDS,
@@ -6,6 +6,7 @@ from scalable_hrank.operators.curvature import (
     check_eval_mode,
     curvature_operator,
 )
+from scalable_hrank.operators.gram import OutputGramOperator
 from scalable_hrank.operators.losses import LOSSES
 from scalable_hrank.operators.params import ParameterSpace, match_parameters, parameter_space
 
@@ -13,6 +14,7 @@ __all__ = [
     "KINDS",
     "LOSSES",
     "CurvatureOperator",
+    "OutputGramOperator",
     "ParameterSpace",
     "check_eval_mode",
     "curvature_operator",
