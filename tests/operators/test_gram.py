@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import scalable_hrank as hr
+from scalable_hrank.operators import curvature
 from scalable_hrank.operators.gram import OutputGramOperator, unavailable_reason
 from tests.dense_reference import dense_curvatures
 from tests.operators.test_curvature import rel_err, small_data, small_mlp
@@ -54,7 +55,10 @@ def test_gram_cross_entropy_with_probabilities_and_ignored_rows() -> None:
     assert rel_err(nonzero_spectrum(g, 30), nonzero_spectrum(op_ign.to_dense(), 30)) < 1e-10
 
 
-def test_gram_block_equals_columns() -> None:
+@pytest.mark.parametrize("loop", [False, True], ids=["vmap", "column-loop"])
+def test_gram_block_equals_columns(loop: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if loop:
+        monkeypatch.setitem(curvature.COLUMN_LOOP_MIN_SIZE, "cpu", 0)
     model = small_mlp(True, "tanh")
     x, y = small_data("mse")
     gram = OutputGramOperator(hr.curvature_operator(model, "mse", [(x[:7], y[:7]),
@@ -64,6 +68,9 @@ def test_gram_block_equals_columns() -> None:
     together = gram @ u
     apart = torch.stack([gram @ u[:, j] for j in range(3)], dim=1)
     assert rel_err(together, apart) < 1e-14
+    ref = dense_curvatures(model, "mse", x, y)["outer"]
+    g = gram.to_dense()  # G and H_O share the non-zero spectrum whatever the block layout
+    assert rel_err(nonzero_spectrum(g, 36), nonzero_spectrum(ref, 36)) < 1e-10
     with pytest.raises(ValueError, match=r"shape \(36,\)"):
         gram @ torch.zeros(35, dtype=torch.float64)
 

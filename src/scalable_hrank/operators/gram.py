@@ -12,6 +12,7 @@ G (M products) gives the exact count whatever P is.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -21,12 +22,15 @@ from scalable_hrank.operators.curvature import CurvatureOperator, _distributed
 from scalable_hrank.operators.losses import has_output_factor
 from scalable_hrank.operators.products import Params, output_factor_maps
 
+log = logging.getLogger(__name__)
+
 
 class OutputGramOperator:
     """Matrix-free ``G = A^T A`` (M x M) over the outputs of an H_O operator's data.
 
-    ``gram @ U`` takes U of shape (M,) or (M, k) in the operator's dtype and device. Each
-    column costs what one H_O product costs (``A u`` then ``A^T`` of it: one reverse sweep
+    ``gram @ U`` takes U of shape (M,) or (M, k) in the operator's dtype and device; blocks
+    run as one vmap or a column loop, as the H_O operator's do. Each column costs what one
+    H_O product costs (``A u`` then ``A^T`` of it: one reverse sweep
     per batch each) and is counted in ``matvecs`` and in the operator's ``matvecs``.
     Memory: one cached graph per batch (as the H_O operator's own) and one P-vector per
     column in flight.
@@ -63,15 +67,11 @@ class OutputGramOperator:
     def _apply(self, u: Tensor) -> Tensor:
         """``G u`` for one column u (M,)."""
         pieces = torch.split(u, self._sizes)
-        w: list[Tensor] = []
+        w: Params = ()
         for (_, a_map, _), piece, shape in zip(self._maps, pieces, self._shapes, strict=True):
             part = a_map(piece.reshape(shape))
-            if w:
-                torch._foreach_add_(w, list(part))
-            else:
-                w = list(part)
-        params: Params = tuple(w)
-        return torch.cat([at_map(params).reshape(-1) for at_map, _, _ in self._maps])
+            w = tuple(a + b for a, b in zip(w, part, strict=True)) if w else part
+        return torch.cat([at_map(w).reshape(-1) for at_map, _, _ in self._maps])
 
     def matmat(self, block: Tensor) -> Tensor:
         """Return ``G @ block`` for block (M,) or (M, k); counts k products."""
@@ -82,7 +82,14 @@ class OutputGramOperator:
                    f"got {tuple(block.shape)}")
             raise ValueError(msg)
         mat = mat.to(device=self.device, dtype=self.dtype)
-        out = torch.stack([self._apply(col) for col in mat.T], dim=1)
+        out = None
+        if not self.op._column_loop():  # the operator's policy: one vmap over the block
+            try:
+                out = torch.func.vmap(self._apply, in_dims=1, out_dims=1)(mat)
+            except (RuntimeError, NotImplementedError) as exc:
+                log.info("vmap over output-space columns failed (%s); using a loop", exc)
+        if out is None:
+            out = torch.stack([self._apply(col) for col in mat.T], dim=1)
         self.matvecs += mat.shape[1]
         self.op.matvecs += mat.shape[1]
         return out.squeeze(1) if vector else out
