@@ -111,6 +111,7 @@ def test_column_loop_equals_one_vmap(kind: str, monkeypatch: pytest.MonkeyPatch)
     op = hr.curvature_operator(model, "mse", batches, kind)
     looped = op @ block
     assert rel_err(looped, ref @ block) < 1e-12 and rel_err(vmapped, ref @ block) < 1e-12
+    assert looped.stride() == vmapped.stride() == (1, op.size)  # column-major, as documented
     again = op @ looped  # a transposed (column-major) result as the next operand
     assert rel_err(again, ref @ (ref @ block)) < 1e-12
     assert rel_err(op @ block[:, 2], ref @ block[:, 2]) < 1e-12

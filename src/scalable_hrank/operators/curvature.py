@@ -230,9 +230,10 @@ class CurvatureOperator:
     def matmat(self, block: Tensor) -> Tensor:
         """Return H @ block for block (P,) or (P, k); counts k products.
 
-        Cost: k products per batch, one finiteness reduction and, for a block, one
-        transposition of the (k, P) result buffer; on a non-finite result, the products
-        again to name the batch.
+        A block result is column-major (the transposed (k, P) buffer), as LAPACK returns
+        blocks; a column-major operand is used without a copy. Cost: k products per batch
+        and one finiteness reduction; on a non-finite result, the products again to name
+        the batch.
         """
         if not isinstance(block, Tensor):
             msg = f"operand must be a torch.Tensor; got {type(block).__name__}"
@@ -258,9 +259,9 @@ class CurvatureOperator:
         if _distributed():
             torch.distributed.all_reduce(out)
         self.matvecs += mat.shape[1]
-        # a row-major (P, k) block, as callers expect: matmuls of a row-major basis with a
-        # column-major block take a slow path (3x-10x slower for a (1e5, 32) basis)
-        return out[0] if vector else out.T.contiguous()
+        # column-major (P, k), no transposition: the solvers keep their bases column-major
+        # (a row-major basis times a column-major block takes a 3-10x slower matmul path)
+        return out[0] if vector else out.T
 
     __matmul__ = matmat
 
