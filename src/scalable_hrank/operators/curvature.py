@@ -64,7 +64,7 @@ class CurvatureOperator:
         cache: Keep each batch's graph across products (faster; memory per batch about
             the activations plus one backward's intermediates).
 
-    Cost of ``op @ V`` with V (P, k): k products, each about 1.5-2 gradients per batch.
+    Cost of ``op @ V`` with V (P, k): k products, each 1.6-2 gradients per batch when cached.
 
     Raises:
         ValueError: Unknown kind/loss, training-mode dropout/batch-norm, empty data, targets
