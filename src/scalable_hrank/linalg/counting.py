@@ -26,10 +26,10 @@ __all__ = [
     "DensityRank",
     "count_interval",
     "detect_gap",
+    "kappa_for_steps",
     "normal_quantile",
     "rademacher",
     "smooth_step",
-    "kappa_for_steps",
     "steps_for_kappa",
 ]
 

@@ -41,6 +41,24 @@ def check_eval_mode(model: nn.Module) -> None:
             raise ValueError(msg)
 
 
+def as_block(block: Tensor, size: int) -> tuple[Tensor, bool]:
+    """An operand (size,) or (size, k) as a (size, k) block, and whether it was a vector.
+
+    Raises:
+        TypeError: ``block`` is not a tensor.
+        ValueError: Its shape does not fit a square operator of side ``size``.
+    """
+    if not isinstance(block, Tensor):
+        msg = f"operand must be a torch.Tensor; got {type(block).__name__}"
+        raise TypeError(msg)
+    vector = block.dim() == 1
+    mat = block.unsqueeze(1) if vector else block
+    if mat.dim() != 2 or mat.shape[0] != size:
+        msg = f"operand must have shape ({size},) or ({size}, k); got {tuple(block.shape)}"
+        raise ValueError(msg)
+    return mat, vector
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -154,9 +172,13 @@ class CurvatureOperator:
             self._cached[batch.index] = mv
         return mv
 
+    def _all_cached(self) -> bool:
+        """Whether every batch's product closure is cached (no data pass needed)."""
+        return self.cache and len(self._cached) == len(self._batches.sizes)
+
     def _matvecs_per_batch(self) -> Iterator[tuple[int, MatVec]]:
         """(batch index, product closure) over the data; no data pass once all are cached."""
-        if self.cache and len(self._cached) == len(self._batches.sizes):
+        if self._all_cached():
             yield from self._cached.items()
             return
         for batch in self._batches:
@@ -203,7 +225,7 @@ class CurvatureOperator:
         """
         out = torch.empty_like(cols)
         seen = False
-        if self.cache and self._cached and len(self._cached) == len(self._batches.sizes):
+        if self._all_cached() and self._cached:
             for row, col in zip(out, cols, strict=True):
                 tangent = self.space.split(col)
                 for number, mv in enumerate(self._cached.values()):
@@ -235,15 +257,7 @@ class CurvatureOperator:
         and one finiteness reduction; on a non-finite result, the products again to name
         the batch.
         """
-        if not isinstance(block, Tensor):
-            msg = f"operand must be a torch.Tensor; got {type(block).__name__}"
-            raise TypeError(msg)
-        vector = block.dim() == 1
-        mat = block.unsqueeze(1) if vector else block
-        if mat.dim() != 2 or mat.shape[0] != self.size:
-            msg = (f"operand must have shape ({self.size},) or ({self.size}, k); "
-                   f"got {tuple(block.shape)}")
-            raise ValueError(msg)
+        mat, vector = as_block(block, self.size)
         # (k, P) unit-stride columns: no copy for a column-major block (as LAPACK's QR
         # returns), one transposition for a row-major one
         cols = mat.to(device=self.device, dtype=self.dtype).T.contiguous()

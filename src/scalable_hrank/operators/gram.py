@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from scalable_hrank.operators.curvature import CurvatureOperator, _distributed
+from scalable_hrank.operators.curvature import CurvatureOperator, _distributed, as_block
 from scalable_hrank.operators.losses import has_output_factor
 from scalable_hrank.operators.products import Params, output_factor_maps
 
@@ -75,12 +75,7 @@ class OutputGramOperator:
 
     def matmat(self, block: Tensor) -> Tensor:
         """Return ``G @ block`` for block (M,) or (M, k); counts k products."""
-        vector = block.dim() == 1
-        mat = block.unsqueeze(1) if vector else block
-        if mat.dim() != 2 or mat.shape[0] != self.size:
-            msg = (f"operand must have shape ({self.size},) or ({self.size}, k); "
-                   f"got {tuple(block.shape)}")
-            raise ValueError(msg)
+        mat, vector = as_block(block, self.size)
         mat = mat.to(device=self.device, dtype=self.dtype)
         out = None
         if not self.op._column_loop():  # the operator's policy: one vmap over the block

@@ -95,6 +95,22 @@ def residual(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor:
     return g.detach()
 
 
+def _logcosh_curvature(outputs: Tensor, targets: Tensor, scale: float) -> Tensor:
+    """Diagonal of logcosh's output Hessian, ``scale (1 - tanh^2(F - y))``, shaped like F."""
+    return (1.0 - torch.tanh(outputs - targets) ** 2) * scale
+
+
+def _target_mass(outputs: Tensor, targets: Tensor, scale: float) -> Tensor:
+    """Per-row weight of cross-entropy's output Hessian, shape (..., 1).
+
+    ``scale`` times the target mass (probability targets), or times 0 / 1 for ignored (-100)
+    / counted class indices.
+    """
+    if targets.is_floating_point():
+        return targets.sum(-1, keepdim=True) * scale
+    return (targets != -100).unsqueeze(-1).to(outputs.dtype) * scale
+
+
 def output_hessian_matmul(loss_fn: LossFn, outputs: Tensor,
                           targets: Tensor) -> Callable[[Tensor], Tensor]:
     """Return U -> (d^2 l / dF^2) U for tangents U shaped like ``outputs`` (no batch of columns).
@@ -109,14 +125,11 @@ def output_hessian_matmul(loss_fn: LossFn, outputs: Tensor,
     if loss_fn is mse:
         return lambda u: u * scale
     if loss_fn is logcosh:
-        curv = (1.0 - torch.tanh(out - targets) ** 2) * scale
+        curv = _logcosh_curvature(out, targets, scale)
         return lambda u: u * curv
     if loss_fn is cross_entropy:
         pi = torch.softmax(out, dim=-1)
-        if targets.is_floating_point():
-            mass = targets.sum(-1, keepdim=True) * scale
-        else:
-            mass = (targets != -100).unsqueeze(-1).to(out.dtype) * scale
+        mass = _target_mass(out, targets, scale)
         return lambda u: mass * pi * (u - (pi * u).sum(-1, keepdim=True))
 
     def grad_f(f: Tensor) -> Tensor:
@@ -152,15 +165,11 @@ def output_hessian_factor(loss_fn: LossFn, outputs: Tensor,
         root = math.sqrt(scale)
         return (lambda u: u * root), (lambda w: w * root)
     if loss_fn is logcosh:
-        root = ((1.0 - torch.tanh(out - targets) ** 2) * scale).sqrt()
+        root = _logcosh_curvature(out, targets, scale).sqrt()
         return (lambda u: u * root), (lambda w: w * root)
     if loss_fn is cross_entropy:
         pi = torch.softmax(out, dim=-1)
-        if targets.is_floating_point():
-            mass = targets.sum(-1, keepdim=True) * scale
-        else:
-            mass = (targets != -100).unsqueeze(-1).to(out.dtype) * scale
-        s, root = pi.sqrt(), mass.sqrt()
+        s, root = pi.sqrt(), _target_mass(out, targets, scale).sqrt()
 
         def lt(u: Tensor) -> Tensor:
             return root * (s * u - s * (pi * u).sum(-1, keepdim=True))
