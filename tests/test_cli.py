@@ -93,6 +93,19 @@ def test_rank_bad_input_exits_2(argv: list[str], capsys) -> None:
     assert "error:" in capsys.readouterr().err
 
 
+def test_rank_density_parts_bound_flag(tmp_path, capsys) -> None:
+    # too small a budget for H_L: exit 1 (a bound), with the parts counted for an upper end
+    out = tmp_path / "r.json"
+    argv = ["rank", "--model", "mlp:10,12,12,4", "--data", "gaussian", "--samples", "20",
+            "--kind", "loss", "--method", "density", "--max-matvecs", "600", "--probes", "4",
+            "--parts-bound", "--out", str(out)]
+    assert main(argv) == 1
+    res = json.loads(out.read_text())["results"]["loss"]
+    assert set(res["extra"]["parts_bound"]) == {"outer", "functional"}
+    assert res["rank_low"] > res["extra"]["deflated_count"]
+    assert "bound: at " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method", ["sketch", "density"])
 def test_rank_with_checkpoint_every_block(tmp_path, method: str) -> None:
     out, ckpt = tmp_path / "r.json", tmp_path / "run.ckpt"

@@ -77,8 +77,46 @@ def test_infeasible_spread_is_reported_not_guessed(problem) -> None:
     assert res.extra["matvecs_needed"] > 400
     assert res.rank == res.rank_low <= exact["loss"].rank <= res.rank_high == res.n
     assert any("infeasible within the budget" in note for note in res.notes)
-    assert any(note.startswith("unverified: at ") for note in res.notes)
-    assert res.extra["resolved_threshold"] > res.tol
+    assert any(note.startswith("bound: at ") for note in res.notes)
+    assert any("bound_from_parts" in note for note in res.notes)  # how to close it
+    # the lower bound counts what the depth resolves: well above the deflated count, and
+    # at most the dense count above that magnitude
+    at = res.extra["resolved_threshold"]
+    assert at > res.tol and res.confidence == 0.95
+    eig = torch.tensor(exact["loss"].eigenvalues, dtype=torch.float64).abs()
+    assert res.extra["deflated_count"] < res.rank_low <= int((eig > at).sum())
+    assert res.rank_low >= 0.9 * int((eig > 2 * at).sum())
+
+
+def test_parts_close_an_infeasible_loss_count_from_above(problem) -> None:
+    model, data, exact = problem
+    # 3000 products: H_F converges in about 2500, H_L would need over 10,000
+    density, budget = {"num_probes": 4}, 3000
+    plain = hr.estimate_rank(model, "mse", data, "loss", method="density", max_matvecs=budget,
+                             density=density)
+    res = hr.estimate_rank(model, "mse", data, "loss", method="density", max_matvecs=budget,
+                           density={**density, "bound_from_parts": True})
+    parts = res.extra["parts_bound"]
+    assert parts["outer"]["space"] == "outputs-dense" and parts["functional"]["feasible"]
+    # rank(H_L) <= rank(H_O) + rank(H_F), each counted at tau / 2
+    assert res.rank_high == parts["outer"]["rank_high"] + parts["functional"]["rank_high"]
+    assert res.rank_low == plain.rank_low <= exact["loss"].rank <= res.rank_high < res.n
+    assert res.rank == round((res.rank_low + res.rank_high) / 2)
+    assert res.confidence == pytest.approx(0.925)
+    assert res.matvecs == plain.matvecs + parts["outer"]["matvecs"] + parts["functional"][
+        "matvecs"]
+    assert not res.extra["feasible"]
+    assert not any("bound_from_parts" in note for note in res.notes)
+    # only for an infeasible H_L count
+    conv = hr.estimate_rank(model, "mse", data, "functional", method="density",
+                            max_matvecs=budget, density={**density, "bound_from_parts": True})
+    assert conv.extra["feasible"] and "parts_bound" not in conv.extra
+    # an infeasible part leaves the interval open and says so
+    starved = hr.estimate_rank(model, "mse", data, "loss", method="density", max_matvecs=400,
+                               density={**density, "bound_from_parts": True})
+    assert not starved.extra["parts_bound"]["functional"]["feasible"]
+    assert starved.rank_high == starved.n and starved.rank == starved.rank_low
+    assert any(note.startswith("no upper bound from the parts") for note in starved.notes)
 
 
 def test_density_plot_from_api_and_cli(problem, tmp_path) -> None:

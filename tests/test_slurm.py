@@ -87,8 +87,8 @@ def test_array_sweep_of_4_tasks_matches_exact_ranks(tmp_path):
 def test_rank_jobs_single_gpu_and_srun_two_tasks_match_exact(tmp_path):
     """`hrank submit rank` twice, side by side, against the dense exact rank.
 
-    One process with a (fake) GPU through slurm/rank.sbatch, and srun -n 2
-    `hrank rank --distributed` through slurm/distributed.sbatch.
+    One process with a (fake) GPU through the rank.sbatch template, and srun -n 2
+    `hrank rank --distributed` through distributed.sbatch.
     """
     pytest.importorskip("scalable_hrank.cli.rank", reason="`hrank rank` not available yet")
     helptext = hrank("rank", "--help").stdout
@@ -118,7 +118,7 @@ def test_rank_jobs_single_gpu_and_srun_two_tasks_match_exact(tmp_path):
 
 
 def test_distributed_job_with_two_tasks(tmp_path):
-    """slurm/distributed.sbatch: srun -n 2, rendezvous from the Slurm variables."""
+    """distributed.sbatch: srun -n 2, rendezvous from the Slurm variables."""
     report = tmp_path / "report.json"
     log = tmp_path / "job.out"
     job = submit("command", "--nodes", "1", "--ntasks-per-node", "2", *CPU,

@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parameter-space", action="store_true",
                     help="count H_O in parameter space too (no output-space Gram matrix)")
+    ap.add_argument("--parts-bound", action="store_true",
+                    help="infeasible H_L: bound it from above by counting H_O and H_F")
     ap.add_argument("--out", help="JSON rows")
     args = ap.parse_args(argv)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
-    print("| n | kind | counted in | true rank | estimate | interval (95%) | rel. error "
+    print("| n | kind | counted in | true rank | estimate | interval (level) | rel. error "
           "| converged | products | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -52,25 +54,38 @@ def main(argv: list[str] | None = None) -> int:
             res = hr.estimate_rank(model, "mse", data, kind, method="density", seed=args.seed,
                                    max_matvecs=args.max_matvecs,
                                    density={"num_probes": args.probes,
-                                            "output_space": not args.parameter_space})
+                                            "output_space": not args.parameter_space,
+                                            "bound_from_parts": args.parts_bound})
             secs = time.perf_counter() - start
             truth = pred.rank(kind)
             conv = bool(res.extra["converged"])
-            est = res.extra["estimate"]
-            err = abs(est - truth) / truth if conv else float("nan")
-            interval = (f"[{res.rank_low}, {res.rank_high}]" if conv
-                        else f"infeasible: needs {res.extra['matvecs_needed']} products")
+            bracketed = "parts_bound" in res.extra and res.rank_high < res.n
+            est = res.extra["estimate"] if conv else float(res.rank)
+            err = abs(est - truth) / truth if conv or bracketed else float("nan")
+            level = f"{res.confidence:.1%}"
+            if conv:
+                interval = f"[{res.rank_low}, {res.rank_high}] ({level})"
+                shown = f"{est:.1f}"
+            elif bracketed:
+                interval = (f"bounds [{res.rank_low}, {res.rank_high}] ({level}); "
+                            f"count needs {res.extra['matvecs_needed']:,} products")
+                shown = f"{res.rank} (midpoint)"
+            else:
+                interval = (f"rank >= {res.rank_low} ({level}); count needs "
+                            f"{res.extra['matvecs_needed']:,} products")
+                shown = "-"
             space = res.extra["space"]
             if space != "parameters":
                 space = f"{space} (M = {res.extra['counted_size']})"
-            print(f"| {res.n} | {kind} | {space} | {truth} | {est:.1f} | {interval} | "
-                  f"{err:.2%} | {conv} | {res.matvecs} | {secs:.0f} |", flush=True)
+            print(f"| {res.n:,} | {kind} | {space} | {truth} | {shown} | {interval} | "
+                  f"{err:.2%} | {conv} | {res.matvecs:,} | {secs:.0f} |", flush=True)
             rows.append({"n": res.n, "kind": kind, "truth": truth, "estimate": est,
                          "rank_low": res.rank_low, "rank_high": res.rank_high,
                          "converged": conv, "matvecs": res.matvecs, "seconds": secs,
                          "matvecs_needed": res.extra.get("matvecs_needed", res.matvecs),
                          "space": res.extra["space"],
-                         "covered": conv and res.rank_low <= truth <= res.rank_high})
+                         "covered": res.rank_low <= truth <= res.rank_high,
+                         "parts_bound": res.extra.get("parts_bound")})
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -19,7 +19,8 @@ Pre-emption (Slurm sends SIGUSR1 ``--signal=B:USR1@120`` before the time limit, 
 :class:`CheckpointSaver`, passed as the solver's per-block callback, saves every
 ``every_seconds`` and, once a signal arrived, saves and raises :class:`Preempted`. The command
 line turns :class:`Preempted` into exit code :data:`PREEMPTED_EXIT_CODE` (3), on which the
-sbatch templates in ``slurm/`` requeue the job; the requeued job loads the checkpoint and goes on.
+sbatch templates (``distributed/sbatch/``) requeue the job; the requeued job loads the
+checkpoint and goes on.
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ class PreemptionHandler:
         requeue: When True and inside Slurm, :meth:`requeue` (called by
             :class:`CheckpointSaver` after saving) runs ``scontrol requeue $SLURM_JOB_ID``.
             Leave False when the job script requeues on exit code 3 (the templates in
-            ``slurm/`` do), or the job would be requeued twice.
+            ``distributed/sbatch/`` do), or the job would be requeued twice.
 
     Attributes:
         signum: The first signal received, or None.

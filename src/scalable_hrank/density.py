@@ -12,14 +12,15 @@ budget) G is formed from M products and the count is exact, whatever P is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from scalable_hrank.errors import NotConvergedError
 from scalable_hrank.linalg import DensityRank, SLQState, eigenpairs, slq_rank
-from scalable_hrank.linalg.counting import kappa_for_steps
+from scalable_hrank.linalg.slq import MAX_DEPTH
 from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.operators.gram import OutputGramOperator, unavailable_reason
 from scalable_hrank.result import RankResult, find_gap, rank_curve
@@ -87,9 +88,11 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         RankResult with method "density", certified False (True only for the exact dense
         output-space count), ``rank_low``/``rank_high`` at
         ``confidence``. When SLQ does not converge within the budget the result says so
-        (``extra["feasible"] = False``, ``extra["matvecs_needed"]``): ``rank`` is then only
-        the deflated count, a lower bound, and ``rank_high`` is P (M in the output space):
-        no number is guessed. ``extra["space"]`` says where the count ran ("parameters",
+        (``extra["feasible"] = False``, ``extra["matvecs_needed"]``): ``rank`` and
+        ``rank_low`` are then a lower bound (the count of the eigenvalues the depth reached
+        resolves, ``extra["resolved_threshold"]``, at ``confidence``; else the deflated
+        count) and ``rank_high`` is P (M in the output space): no number is guessed.
+        ``extra["space"]`` says where the count ran ("parameters",
         "outputs" or "outputs-dense"; the last is exact and certified).
     """
     budget = max_matvecs if max_matvecs is not None else DEFAULT_DENSITY_MATVECS
@@ -127,29 +130,94 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
     if dr.converged:
         rank, low, high = dr.rank, dr.rank_low, dr.rank_high
     else:
+        fixes = ("raise max_matvecs, deflate more, or raise the threshold"
+                 if dr.steps_needed <= MAX_DEPTH else
+                 f"that is beyond the depth cap ({MAX_DEPTH} steps): deflate more or raise "
+                 "the threshold")
         notes.append(
             f"infeasible within the budget: the spread kappa = {dr.kappa:.3g} needs about "
             f"{dr.steps_needed} steps x {dr.num_probes} probes = {dr.matvecs_needed} products "
-            f"(ran {dr.num_steps} steps); raise max_matvecs, deflate more, or raise the "
-            "threshold. Only the deflated count is a known lower bound.")
-        resolved = dr.lambda_max / kappa_for_steps(dr.num_steps, psd)
-        extra["resolved_threshold"] = resolved
-        notes.append(
-            f"unverified: at {dr.num_steps} steps SLQ separates from zero only |lambda| above "
-            f"about {resolved:.3g} (tau = {tau:.3g}); its count there is {dr.estimate:.1f} "
-            f"(probe interval [{dr.rank_low}, {dr.rank_high}]) and misses every eigenvalue "
-            "between tau and that, so it is not the rank at tau.")
-        rank, low, high = dr.deflated_count, dr.deflated_count, counted.size
+            f"(ran {dr.num_steps} steps); {fixes}.")
+        low = dr.deflated_count
+        if dr.lower_bound is not None:
+            low = max(low, dr.lower_bound)
+            extra["resolved_threshold"] = dr.bound_at
+            notes.append(
+                f"bound: at {dr.num_steps} steps SLQ resolves |lambda| above about "
+                f"{dr.bound_at:.3g} (tau = {tau:.3g}); counting those gives rank >= {low} "
+                f"(lower end at {confidence:.0%}, with the 0.75 k vs k change). Eigenvalues "
+                f"between tau and {dr.bound_at:.3g} are not resolved, so the count at tau is "
+                f"not reported as the rank (it read {dr.estimate:.1f}, unverified).")
+        else:
+            notes.append("Only the deflated count is a known lower bound.")
+        rank, high = low, counted.size
+    # a probe-based lower bound has the probe confidence; the deflated count is certain
+    level = confidence if dr.converged or dr.lower_bound is not None else 1.0
     mags = []
     if deflation is not None:
         mags = deflation[1].abs().tolist()
     return RankResult(
         rank=rank, n=op.size, kind=op.kind, method="density", tol=tau, scale=dr.lambda_max,
         matvecs=spent + dr.num_matvecs, seconds=0.0, certified=False, rank_low=low,
-        rank_high=high, confidence=confidence if dr.converged else 1.0,
+        rank_high=high, confidence=level,
         eigenvalues=tuple(sorted(mags, reverse=True)) or None, gap=dr.gap, notes=tuple(notes),
         dtype=str(op.dtype), device=str(op.device), extra=extra,
     )
+
+
+def bound_from_parts(res: RankResult, parts: Sequence[CurvatureOperator], *, seed: int,
+                     max_matvecs: int | None = None, convex: bool = True,
+                     **options: Any) -> RankResult:
+    """Close an infeasible H_L count from above with its parts: H_L = H_O + H_F.
+
+    Weyl's inequality for singular values, ``s_{i+j-1}(A + B) <= s_i(A) + s_j(B)``, gives
+    ``rank_tau(H_L) <= rank_{tau/2}(H_O) + rank_{tau/2}(H_F)`` at every threshold tau. Each
+    part is counted by :func:`density_rank` at ``tau / 2`` (H_O exactly in the output space
+    when it is small, H_F by SLQ, whose zero is interior too but usually behind a gap).
+    When both counts are feasible, ``rank_high`` becomes the sum of their upper ends and
+    ``rank`` the midpoint of ``[rank_low, rank_high]``; ``confidence`` is then that of all
+    three one-sided ends holding together (union bound: ``1 - 3 (1 - c) / 2``). The bound is
+    tight when the ranges of H_O and H_F meet little (measured: docs/benchmarks.md).
+
+    Args:
+        res: An infeasible :func:`density_rank` result for H_L (``rank_low`` its lower bound).
+        parts: The H_O and H_F operators of the same model, data and parameters.
+        seed: Seeds each part's generator (``seed + 1`` and ``seed + 2``).
+        max_matvecs: Budget of each part's count (default ``DEFAULT_DENSITY_MATVECS``).
+        convex: The loss is a built-in (convex) one, so H_O is PSD.
+        **options: ``num_probes``, ``num_deflate``, ``confidence``, ``output_space``.
+
+    Returns:
+        ``res`` with ``extra["parts_bound"]`` (each part's upper end, feasibility, products
+        and where it was counted) and, when both parts are feasible, the closed interval.
+        ``res.matvecs`` is unchanged (the operators count the parts' products).
+    """
+    tau, highs, info = res.tol, [], {}
+    for i, op in enumerate(parts):
+        part = density_rank(op, tau=tau / 2, psd=op.kind == "outer" and convex,
+                            generator=torch.Generator().manual_seed(seed + 1 + i),
+                            max_matvecs=max_matvecs, **options)
+        feasible = bool(part.extra["feasible"])
+        info[op.kind] = {"rank_high": part.rank_high, "estimate": part.extra["estimate"],
+                         "feasible": feasible, "matvecs": part.matvecs,
+                         "space": part.extra["space"]}
+        highs.append(part.rank_high if feasible else None)
+    extra = {**res.extra, "parts_bound": info}
+    if None in highs:
+        missing = [kind for kind, v in info.items() if not v["feasible"]]
+        note = (f"no upper bound from the parts: the count of {', '.join(missing)} at tau / 2 "
+                "is infeasible within the budget too")
+        return dataclasses.replace(res, notes=(*res.notes, note), extra=extra)
+    low = res.rank_low
+    high = max(low, min(res.n, sum(highs)))
+    rank = round((low + high) / 2)
+    level = 1.0 - 1.5 * (1.0 - res.confidence)
+    note = (f"upper bound from the parts at tau / 2: rank(H_L) <= {highs[0]} "
+            f"({parts[0].kind}) + {highs[1]} ({parts[1].kind}) = {high} (Weyl); the rank is "
+            f"the midpoint of [{low}, {high}], within +-{(high - low) / 2:.0f} "
+            f"({(high - low) / 2 / max(rank, 1):.1%}) at {level:.1%}")
+    return dataclasses.replace(res, rank=rank, rank_high=high, confidence=level,
+                               notes=(*res.notes, note), extra=extra)
 
 
 def _dense_output_rank(op: CurvatureOperator, gram: OutputGramOperator, *, tau: float,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scalable_hrank._validation import check_choice, check_positive_int
-from scalable_hrank.density import density_rank
+from scalable_hrank.density import bound_from_parts, density_rank
 from scalable_hrank.errors import NotConvergedError
 from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, exact_rank, model_copy
 from scalable_hrank.linalg.eigen import eigenpairs, spectral_norm
@@ -115,7 +115,11 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
             steps for "density" (checkpointing: save ``state.snapshot()``).
         resume_state: A state saved from ``on_block`` to resume from (same result).
         density: Options of the "density" method (``num_probes``, ``num_deflate``,
-            ``confidence``; see :func:`scalable_hrank.density.density_rank`).
+            ``confidence``, ``output_space``; see :func:`scalable_hrank.density.density_rank`),
+            and ``bound_from_parts``: when the H_L count is infeasible, also count H_O and
+            H_F at ``tau / 2`` (each with the same budget) for the upper bound
+            ``rank(H_L) <= rank(H_O) + rank(H_F)``
+            (:func:`scalable_hrank.density.bound_from_parts`).
         shard_basis: Under torch.distributed, each process keeps only its slice of every
             Krylov basis vector (memory per process falls with the number of processes;
             one all-gather per product). Same result as the replicated basis.
@@ -180,10 +184,24 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         if tol is None:
             scale = spectral_scale(op, generator)
             tol = (rtol_eff or 0.0) * scale
+        opts = dict(density or {})
+        parts = opts.pop("bound_from_parts", False)
         res = density_rank(op, tau=tol, psd=kind == "outer" and isinstance(loss, str),
                            generator=generator, max_matvecs=max_matvecs, on_block=on_block,
-                           resume_state=resume_state, **(density or {}))
-        return _with(res, matvecs=op.matvecs + scale_matvecs, scale=scale,
+                           resume_state=resume_state, **opts)
+        matvecs = op.matvecs + scale_matvecs
+        if parts and kind == "loss" and not res.extra["feasible"]:
+            part_ops = [CurvatureOperator(model_c, loss, data, part, params=params_c,
+                                          cache=cache)
+                        for part in ("outer", "functional")]
+            res = bound_from_parts(res, part_ops, seed=seed, max_matvecs=max_matvecs,
+                                   convex=isinstance(loss, str), **opts)
+            matvecs += sum(part_op.matvecs for part_op in part_ops)
+        elif kind == "loss" and not res.extra["feasible"]:
+            res = _with(res, notes=(*res.notes, (
+                "for an upper bound too, count the parts: density={'bound_from_parts': True} "
+                "(CLI --parts-bound) bounds rank(H_L) by rank(H_O) + rank(H_F)")))
+        return _with(res, matvecs=matvecs, scale=scale,
                      seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
                      extra={**res.extra, **extra})
     overhead = op.matvecs + scale_matvecs

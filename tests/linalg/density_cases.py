@@ -148,3 +148,18 @@ def deep_linear_like(n: int = 2400, r: int = 1400, num_outliers: int = 10, indef
     lam[num_outliers:r] = bulk
     kind = "H_L-like" if indefinite else "H_O-like"
     return planted(f"deep_linear_like({kind}, n={n}, r={r})", lam, tau=1e-4, seed=seed)
+
+
+@cache
+def small_tail(n: int = 2000, r: int = 800, seed: int = 0) -> Planted:
+    """H_L-like without a gap: 90 % of the r non-zero |lam| log-uniform in [1e-2, 1], the
+    other 10 % in [1e-7, 1e-2] (random signs); tau = 1e-9. Separating the tail from the
+    null space needs about 3e7 steps, so every budget is infeasible."""
+    g = torch.Generator().manual_seed(seed + 5000)
+    tail = r // 10
+    mags = torch.cat([_logspace(1e-7, 1e-2, tail, g), _logspace(1e-2, 1.0, r - tail, g)])
+    mags[-1] = 1.0
+    signs = torch.where(torch.rand(r, generator=g, dtype=torch.float64) < 0.4, -1.0, 1.0)
+    lam = torch.zeros(n, dtype=torch.float64)
+    lam[:r] = signs * mags
+    return planted(f"small_tail(n={n}, r={r})", lam, tau=1e-9, seed=seed)

@@ -118,6 +118,36 @@ def test_budget_far_too_small_reports_steps_needed() -> None:
     assert any("not converged" in s for s in r.notes)
 
 
+def test_infeasible_count_gives_a_lower_bound_over_20_seeds() -> None:
+    # no gap above tau: the count at tau is out of reach, but the count of what the depth
+    # resolves bounds it from below, and closely (>= 90 % of the eigenvalues above 2 x that)
+    c = dc.small_tail()
+    hits = 0
+    for seed in range(20):
+        r = slq_rank(c.matmat, c.n, tau=c.tau, num_probes=4, generator=gen(seed),
+                     max_matvecs=4 * 300)
+        assert not r.converged and r.bound_at is not None and r.bound_at > c.tau
+        hits += r.lower_bound <= c.count()
+        assert r.lower_bound >= 0.9 * c.count(2 * r.bound_at)
+    assert hits >= 19
+
+
+def test_depth_is_capped_and_says_so(monkeypatch) -> None:
+    from scalable_hrank.linalg import slq
+
+    monkeypatch.setattr(slq, "MAX_DEPTH", 30)
+    c = dc.small_tail()
+    r = slq_rank(c.matmat, c.n, tau=c.tau, num_probes=2, generator=gen(0), max_matvecs=400)
+    assert r.num_steps == 30 and r.num_matvecs == 60 and not r.converged
+    assert any(note.startswith("depth capped at 30 steps") for note in r.notes)
+
+
+def test_converged_count_has_no_separate_bound() -> None:
+    c = dc.psd_gap()
+    r = slq_rank(c.matmat, c.n, tau=c.tau, psd=True, num_probes=4, generator=gen(0))
+    assert r.converged and r.lower_bound is None and r.bound_at is None
+
+
 def test_lock_step_blocks_and_no_basis() -> None:
     c = dc.psd_gap()
     calls = []

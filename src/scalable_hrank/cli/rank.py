@@ -35,7 +35,18 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Options a config file may set (same names as the flags, with underscores).
 _CONFIG_KEYS = ("model", "data", "samples", "loss", "params", "kind", "method", "rtol", "atol",
                 "seed", "max_matvecs", "block_size", "dtype", "device", "out", "checkpoint",
-                "checkpoint_every", "probes", "distributed", "progress", "memory")
+                "checkpoint_every", "probes", "parts_bound", "distributed", "progress",
+                "memory")
+
+
+def _density_options(s: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``density`` options of estimate_rank from the settings (None: defaults)."""
+    opts: dict[str, Any] = {}
+    if s.get("probes"):
+        opts["num_probes"] = int(s["probes"])
+    if s.get("parts_bound"):
+        opts["bound_from_parts"] = True
+    return opts or None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,6 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-matvecs", type=int, dest="max_matvecs", help="product budget")
     p.add_argument("--block-size", type=int, dest="block_size", help="default 8")
     p.add_argument("--probes", type=int, help="SLQ probes for --method density (default 8)")
+    p.add_argument("--parts-bound", action="store_true", default=None, dest="parts_bound",
+                   help="--method density, kind loss: when the count is infeasible, bound it "
+                        "from above by counting H_O and H_F too (rank(H_L) <= rank(H_O) + "
+                        "rank(H_F); each with the same budget)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="product dtype (default float64)")
     p.add_argument("--memory", help="memory budget for the plan, e.g. 8G or 512M (default: "
                                     "the device's free memory)")
@@ -254,7 +269,7 @@ def _one_kind(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, se
             max_matvecs=s.get("max_matvecs"), dtype=dtype, block_size=int(s["block_size"]),
             memory_bytes=_bytes(s.get("memory")),
             on_block=on_block if (progress or saver) else None, resume_state=resume,
-            density={"num_probes": int(s["probes"])} if s.get("probes") else None)
+            density=_density_options(s))
     except Preempted as exc:
         print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
         return None

@@ -1,4 +1,4 @@
-"""Submit the sbatch templates of ``slurm/`` and follow the jobs (plain ``sbatch``, no library).
+"""Submit the package's sbatch templates (``sbatch/``) and follow the jobs (plain sbatch).
 
 Why plain sbatch rather than submitit: the templates are the artefact users read, edit and
 ``sbatch`` by hand on any cluster; submission only renders them (``#SBATCH`` options and the
@@ -42,17 +42,17 @@ class SlurmError(RuntimeError):
 def template_dir() -> Path:
     """Folder of the sbatch templates.
 
-    ``HRANK_SLURM_TEMPLATES`` if set, else ``slurm/`` at the top of the source checkout.
+    ``HRANK_SLURM_TEMPLATES`` if set (edited copies), else the package's own ``sbatch/``
+    folder (package data: installed with the wheel as with a checkout).
 
     Raises:
-        FileNotFoundError: If the folder does not exist (an installed wheel ships no templates:
-            set ``HRANK_SLURM_TEMPLATES`` or pass ``--template``).
+        FileNotFoundError: If the folder does not exist.
     """
     env = os.environ.get("HRANK_SLURM_TEMPLATES")
-    folder = Path(env) if env else Path(__file__).resolve().parents[3] / "slurm"
+    folder = Path(env) if env else Path(__file__).resolve().parent / "sbatch"
     if not folder.is_dir():
-        msg = (f"sbatch templates not found in {folder}; set HRANK_SLURM_TEMPLATES to the "
-               "project's slurm/ folder or pass --template")
+        msg = (f"sbatch templates not found in {folder}; set HRANK_SLURM_TEMPLATES to a "
+               "folder of templates or pass --template")
         raise FileNotFoundError(msg)
     return folder
 

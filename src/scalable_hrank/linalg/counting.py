@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import torch
+from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from scalable_hrank._validation import bad_value
@@ -61,6 +62,11 @@ class DensityRank:
         kappa: ``lambda_max / (delta - tau)``: the spread that sets the steps.
         num_deflated: Columns of the deflation block (0 without deflation).
         deflated_count: Deflated Ritz values with ``|theta| > tau`` (already in ``estimate``).
+        lower_bound: Not converged only (else None): a lower confidence bound on the count
+            at ``tau`` from the count of ``|lambda| > bound_at``, the smallest magnitude
+            the depth reached resolves (``kappa_for_steps``); None where that count did not
+            settle between ``0.75 k`` and ``k`` steps either.
+        bound_at: The magnitude ``lower_bound`` counts above (None with it).
         probe_estimates: Per-probe counts, shape (num_probes,), float64.
         nodes: SLQ: Ritz values, shape (num_probes, num_steps), float64, padded with 0
             after a breakdown. KPM: grid points, shape (1, G).
@@ -90,6 +96,8 @@ class DensityRank:
     kappa: float
     num_deflated: int = 0
     deflated_count: int = 0
+    lower_bound: int | None = None
+    bound_at: float | None = None
     probe_estimates: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     nodes: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
     weights: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
@@ -403,6 +411,11 @@ def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> No
 def _ritz(state: _LanczosState, depth: int) -> tuple[Tensor, Tensor]:
     """Gauss nodes and weights of every probe at ``depth`` steps (shorter after breakdown).
 
+    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``): about 0.06 s at
+    depth 2000 and 2 s at 8000, against 0.75 s and 54 s for a dense symmetric solver (2
+    cores, measured). Memory: depth^2 float64 for the eigenvectors (512 MB at 8192), of
+    which only the first row (the weights) is kept.
+
     Returns:
         ``(nodes, weights)``, each (m, depth), float64, zero-padded.
     """
@@ -415,8 +428,7 @@ def _ritz(state: _LanczosState, depth: int) -> tuple[Tensor, Tensor]:
         k = min(depth, int(state.lengths[i]))
         if k == 0:
             continue
-        t = torch.diag(a[i, :k]) + torch.diag(b[i, :k - 1], 1) + torch.diag(b[i, :k - 1], -1)
-        theta, s = torch.linalg.eigh(t)
-        nodes[i, :k] = theta
-        weights[i, :k] = s[0] ** 2
+        theta, s = eigh_tridiagonal(a[i, :k].numpy(), b[i, :k - 1].numpy())
+        nodes[i, :k] = torch.from_numpy(theta)
+        weights[i, :k] = torch.from_numpy(s[0] ** 2)
     return nodes, weights

@@ -33,6 +33,7 @@ from scalable_hrank.linalg.counting import (
     check_tau_and_gap,
     count_interval,
     detect_gap,
+    kappa_for_steps,
     rademacher,
     smooth_step,
     steps_for_kappa,
@@ -47,6 +48,33 @@ _GROWTH = 1.5  # depth growth factor while the k vs 0.75 k check fails
 def _counts(nodes: Tensor, weights: Tensor, sq: Tensor, tau: float, delta: float) -> Tensor:
     """Per-probe counts ``||z||^2 sum_j w_j g(theta_j)``, shape (m,), float64."""
     return sq * (weights * smooth_step(nodes, tau, delta)).sum(1)
+
+
+def _lower_bound(full: tuple[Tensor, Tensor], three_quarter: tuple[Tensor, Tensor], sq: Tensor,
+                 active: Tensor, at: float, *, n: int, confidence: float) -> int:
+    """Lower confidence bound on ``#{|lambda| > tau}`` for any ``tau < at``, from the probes.
+
+    The smooth step on ``[at, 2 at]`` is 0 below ``at``, so its trace is at most
+    ``#{|lambda| > at}``; its width is what the depth resolves when ``at`` comes from
+    ``kappa_for_steps``. The change between the ``0.75 k`` and ``k`` step readings (the
+    same nodes and weights as the main count) is added to the probe half-width.
+
+    Args:
+        full: Nodes and weights at the depth reached, each (m, k), float64.
+        three_quarter: The same at ``0.75 k`` steps.
+        sq: Squared probe norms, (m,).
+        active: Probes still running (a broken-down probe's quadrature is exact).
+        at: Magnitude the bound counts above.
+        n: Operator size.
+        confidence: Level of the probe part.
+
+    Returns:
+        The lower end of the interval (>= 0).
+    """
+    counts = _counts(*full, sq, at, 2.0 * at)
+    counts3 = torch.where(active, _counts(*three_quarter, sq, at, 2.0 * at), counts)
+    bias = abs(float(counts.mean()) - float(counts3.mean()))
+    return count_interval(counts, n=n, bias=bias, confidence=confidence)[2]
 
 
 def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
@@ -66,6 +94,9 @@ def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
 
 #: Lanczos steps between two ``on_step`` reports (checkpoint granularity).
 CHECKPOINT_STEPS = 25
+#: Most Lanczos steps per probe: the Gauss quadrature at depth k solves a k x k tridiagonal
+#: eigenproblem with k^2 float64 of eigenvectors (2 GiB at this depth, about 10 s).
+MAX_DEPTH = 16384
 
 
 @dataclass
@@ -125,7 +156,9 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     ``max(1, rtol * estimate / 2)``, or the budget ends. Converged means the check passed at
     or beyond the planned depth (or every probe broke down: the rule is then exact).
     Not converged within the budget:
-    ``converged=False`` and ``steps_needed`` / ``matvecs_needed`` say what it would take.
+    ``converged=False`` and ``steps_needed`` / ``matvecs_needed`` say what it would take
+    (at the gap seen so far), and ``lower_bound`` bounds the count from below: it counts
+    ``|lambda| > bound_at``, the smallest magnitude the depth reached resolves.
 
     Deflation: with an orthonormal block ``Q`` (n, d) and its Ritz values (d,) (e.g. the
     top outliers from block Krylov), the count is ``#{|theta_Q| > tau}`` plus SLQ on
@@ -196,9 +229,14 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     if step_cap < 2:
         err = bad_value("max_matvecs", f">= 2 * num_probes = {2 * num_probes}", max_matvecs)
         raise err
+    notes = []
+    if step_cap > MAX_DEPTH:
+        notes.append(f"depth capped at {MAX_DEPTH} steps per probe (its quadrature needs "
+                     "depth^2 numbers): the budget beyond that is not used")
+        step_cap = MAX_DEPTH
 
     op = matmat
-    d, deflated_count, notes = 0, 0, []
+    d, deflated_count = 0, 0
     if deflation is not None:
         q, theta_q = deflation
         d = q.shape[1]
@@ -265,9 +303,18 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         notes.append("no spectral gap above tau detected; smooth step on [tau, 2 tau]")
     steps_needed = depth if converged else max(planned, math.ceil(_GROWTH * depth))
     mean, s, low, high = count_interval(per_probe, n=n, bias=bias, confidence=confidence)
+    lower_bound, bound_at = None, None
     if not converged:
-        notes.append(f"not converged within {budget} products: about {steps_needed} steps "
-                     f"per probe ({num_probes * steps_needed} products) needed")
+        notes.append(f"not converged within {budget} products: about {steps_needed} steps per "
+                     f"probe ({num_probes * steps_needed} products) needed at the gap seen so "
+                     "far (more if smaller eigenvalues show up as the depth grows)")
+        bound_at = lmax / kappa_for_steps(depth, psd)
+        if bound_at > tau:
+            lower_bound = deflated_count + _lower_bound(
+                (nodes, weights), (nodes3, weights3), sq, state.active, bound_at, n=n,
+                confidence=confidence)
+        else:
+            bound_at = None
     estimate = mean + deflated_count
     return DensityRank(
         estimate=estimate, rank=round(estimate), rank_low=low + deflated_count,
@@ -276,8 +323,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         num_probes=num_probes, converged=converged, steps_needed=steps_needed,
         matvecs_needed=num_probes * steps_needed, tau=tau, delta=delta, gap=g,
         lambda_max=lmax, kappa=kappa, num_deflated=d, deflated_count=deflated_count,
-        probe_estimates=per_probe + deflated_count, nodes=nodes, weights=weights,
-        method="slq", notes=tuple(notes))
+        lower_bound=lower_bound, bound_at=bound_at, probe_estimates=per_probe + deflated_count,
+        nodes=nodes, weights=weights, method="slq", notes=tuple(notes))
 
 
 def slq_density(nodes: Tensor, weights: Tensor, *, n: int, num_points: int = 512,
