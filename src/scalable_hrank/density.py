@@ -139,8 +139,8 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
             f"{dr.steps_needed} steps x {dr.num_probes} probes = {dr.matvecs_needed} products "
             f"(ran {dr.num_steps} steps); {fixes}.")
         low = dr.deflated_count
-        if dr.lower_bound is not None:
-            low = max(low, dr.lower_bound)
+        if dr.lower_bound is not None:  # includes the deflated count
+            low = dr.lower_bound
             extra["resolved_threshold"] = dr.bound_at
             notes.append(
                 f"bound: at {dr.num_steps} steps SLQ resolves |lambda| above about "

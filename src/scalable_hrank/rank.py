@@ -190,17 +190,18 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
                            generator=generator, max_matvecs=max_matvecs, on_block=on_block,
                            resume_state=resume_state, **opts)
         matvecs = op.matvecs + scale_matvecs
-        if parts and kind == "loss" and not res.extra["feasible"]:
-            part_ops = [CurvatureOperator(model_c, loss, data, part, params=params_c,
-                                          cache=cache)
-                        for part in ("outer", "functional")]
-            res = bound_from_parts(res, part_ops, seed=seed, max_matvecs=max_matvecs,
-                                   convex=isinstance(loss, str), **opts)
-            matvecs += sum(part_op.matvecs for part_op in part_ops)
-        elif kind == "loss" and not res.extra["feasible"]:
-            res = _with(res, notes=(*res.notes, (
-                "for an upper bound too, count the parts: density={'bound_from_parts': True} "
-                "(CLI --parts-bound) bounds rank(H_L) by rank(H_O) + rank(H_F)")))
+        if kind == "loss" and not res.extra["feasible"]:
+            if parts:
+                part_ops = [CurvatureOperator(model_c, loss, data, part, params=params_c,
+                                              cache=cache)
+                            for part in ("outer", "functional")]
+                res = bound_from_parts(res, part_ops, seed=seed, max_matvecs=max_matvecs,
+                                       convex=isinstance(loss, str), **opts)
+                matvecs += sum(part_op.matvecs for part_op in part_ops)
+            else:
+                res = _with(res, notes=(*res.notes, (
+                    "for an upper bound too, count the parts: density={'bound_from_parts': "
+                    "True} (CLI --parts-bound) bounds rank(H_L) by rank(H_O) + rank(H_F)")))
         return _with(res, matvecs=matvecs, scale=scale,
                      seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
                      extra={**res.extra, **extra})

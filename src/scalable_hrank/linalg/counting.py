@@ -64,8 +64,8 @@ class DensityRank:
         deflated_count: Deflated Ritz values with ``|theta| > tau`` (already in ``estimate``).
         lower_bound: Not converged only (else None): a lower confidence bound on the count
             at ``tau`` from the count of ``|lambda| > bound_at``, the smallest magnitude
-            the depth reached resolves (``kappa_for_steps``); None where that count did not
-            settle between ``0.75 k`` and ``k`` steps either.
+            the depth reached resolves (``kappa_for_steps``), deflated count included;
+            None when that magnitude is not above ``tau``.
         bound_at: The magnitude ``lower_bound`` counts above (None with it).
         probe_estimates: Per-probe counts, shape (num_probes,), float64.
         nodes: SLQ: Ritz values, shape (num_probes, num_steps), float64, padded with 0
@@ -411,9 +411,9 @@ def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> No
 def _ritz(state: _LanczosState, depth: int) -> tuple[Tensor, Tensor]:
     """Gauss nodes and weights of every probe at ``depth`` steps (shorter after breakdown).
 
-    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``): about 0.06 s at
-    depth 2000 and 2 s at 8000, against 0.75 s and 54 s for a dense symmetric solver (2
-    cores, measured). Memory: depth^2 float64 for the eigenvectors (512 MB at 8192), of
+    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``): 22x faster than a dense
+    symmetric solver at depth 1000 and 50x at 2000 (``scripts/bench/quadrature.py``,
+    docs/benchmarks.md). Memory: depth^2 float64 for the eigenvectors (512 MB at 8192), of
     which only the first row (the weights) is kept.
 
     Returns:

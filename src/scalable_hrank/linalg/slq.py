@@ -308,13 +308,12 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         notes.append(f"not converged within {budget} products: about {steps_needed} steps per "
                      f"probe ({num_probes * steps_needed} products) needed at the gap seen so "
                      "far (more if smaller eigenvalues show up as the depth grows)")
-        bound_at = lmax / kappa_for_steps(depth, psd)
-        if bound_at > tau:
+        resolved = lmax / kappa_for_steps(depth, psd)
+        if resolved > tau:
+            bound_at = resolved
             lower_bound = deflated_count + _lower_bound(
                 (nodes, weights), (nodes3, weights3), sq, state.active, bound_at, n=n,
                 confidence=confidence)
-        else:
-            bound_at = None
     estimate = mean + deflated_count
     return DensityRank(
         estimate=estimate, rank=round(estimate), rank_low=low + deflated_count,
