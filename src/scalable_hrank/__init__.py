@@ -10,7 +10,13 @@ part). Public API::
     pred = hr.predict_rank(model, loss="mse", data=data)          # the paper's formulas
 """
 
-from scalable_hrank.errors import HRankError, NonFiniteError, NotConvergedError, NumericalWarning
+from scalable_hrank.errors import (
+    HRankError,
+    InputError,
+    NonFiniteError,
+    NotConvergedError,
+    NumericalWarning,
+)
 from scalable_hrank.exact import exact_rank, exact_ranks
 from scalable_hrank.operators import KINDS, LOSSES, CurvatureOperator, curvature_operator
 from scalable_hrank.rank import METHODS, EigenResult, eigenvalues, estimate_rank
@@ -26,6 +32,7 @@ __all__ = [
     "CurvatureOperator",
     "EigenResult",
     "HRankError",
+    "InputError",
     "NonFiniteError",
     "NotConvergedError",
     "NumericalWarning",

@@ -13,6 +13,14 @@ class HRankError(Exception):
     """Base class of the errors specific to scalable-hrank."""
 
 
+class InputError(HRankError, ValueError):
+    """Something the user supplied is wrong or unusable: arguments, data, files, model, environment.
+
+    The message names the problem and the fix in one line. The command line reports it as
+    ``hrank: error: <message>`` with exit code 2 and no traceback (``-v`` shows it).
+    """
+
+
 class NotConvergedError(HRankError, RuntimeError):
     """A solver ran out of its product budget before it could certify its answer.
 
