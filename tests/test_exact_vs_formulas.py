@@ -2,8 +2,8 @@
 
 Every case computes H_L, H_O and H_F densely with tests/dense_reference.py (independent of
 scalable_hrank.operators) and asserts that their ranks equal ``predict_rank`` (and, for the
-PAPER.md section 4 rows, the table). When ``scalable_hrank.exact_rank`` exists, its ranks are
-asserted equal as well; ``test_package_exact_rank_is_available`` reports when it does not.
+rows of ``dense_reference.PAPER_TABLE``, the table); the package's ``exact_rank`` must agree.
+The formulas are stated in docs/theory.md#rank-formulas.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_package_exact_rank_is_available():
     assert _exact_rank(model, "mse", (X, Y), "loss").rank == 20
 
 
-# ----------------------------------------------------------------------------- PAPER.md table
+# ----------------------------------------------------------------------------- the table
 
 
 @pytest.mark.parametrize("row", PAPER_TABLE, ids=[table_id(r) for r in PAPER_TABLE])
@@ -76,10 +76,11 @@ def test_paper_table_row(row):
 
 
 @pytest.mark.parametrize(("hidden", "n_samples", "r", "expected"), [
-    # sklearn digits, first N images: r = 53 at N = 100 (PAPER.md's r = 41 is another MNIST 8x8)
+    # sklearn digits, first N images: r = 53 at N = 100 (the paper's r = 41 is another
+    # MNIST 8x8)
     ((4, 4), 100, 53, {"outer": 232, "functional": 88, "loss": 264}),
     ((12, 12), 100, 53, {"outer": 477, "functional": 351, "loss": 747}),
-    # at N = 41 the digits have r = 41 and reproduce PAPER.md rows 3 and 4
+    # at N = 41 the digits have r = 41 and reproduce the table's rows 3 and 4
     ((4, 4), 41, 41, {"outer": 184, "functional": 88, "loss": 216}),
     ((12, 12), 41, 41, {"outer": 369, "functional": 351, "loss": 639}),
 ], ids=["digits-h4x4-N100", "digits-h12x12-N100", "digits-h4x4-N41", "digits-h12x12-N41"])
@@ -241,7 +242,7 @@ def test_layer_block_ranks(widths, n_samples, loss):
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("widths", [(10, 6, 3), (10, 12, 4)], ids=["10x6x3", "10x12x4"])
 def test_relu_one_hidden_layer_functional_rank(widths, loss):
-    # PAPER.md section 5: for ReLU nets with one hidden layer rank(H_F) = 2 M_1 s exactly
+    # ReLU nets with one hidden layer: rank(H_F) = 2 M_1 s exactly (docs/theory.md#rank-formulas)
     # (generic data with N large enough that no unit is dead on every sample)
     model = linear_mlp(widths, activation=nn.ReLU, seed=3)
     X, Y = gaussian_data(30, widths[0], widths[-1], loss, seed=4)

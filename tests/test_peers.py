@@ -1,4 +1,10 @@
-"""Cross-checks against the peers: PyHessian's SLQ and GPyTorch's Lanczos (extra `peers`)."""
+"""Cross-checks against the peers: PyHessian's SLQ and GPyTorch's Lanczos (extra ``peers``).
+
+GPyTorch's ``linear_operator.utils.lanczos.lanczos_tridiag`` serves as an independent
+tridiagonalization for an SLQ count written here from scratch (only its tridiagonalization: its
+``lanczos_tridiag_to_diag`` masks negative eigenvalues, which would corrupt counts of an
+indefinite Hessian).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,41 @@ import torch
 from torch import nn
 
 import scalable_hrank as hr
-from scalable_hrank.linalg import lanczos, rademacher, ritz_pairs
-from scalable_hrank.peers import count_from_tridiagonals, gpytorch_tridiagonal
+from scalable_hrank.linalg import MatMat, lanczos, rademacher, ritz_pairs, smooth_step
 from tests.dense_reference import gaussian_data, linear_mlp
+
+
+def gpytorch_tridiagonal(matmat: MatMat, v0: torch.Tensor, *, num_matvecs: int) -> torch.Tensor:
+    """Lanczos tridiagonal T (m, m), float64 on CPU, from GPyTorch's ``lanczos_tridiag``.
+
+    Args:
+        matmat: ``X (n, k) -> A X (n, k)``.
+        v0: Start vector (n,) in the operator's dtype and device.
+        num_matvecs: Steps m (products).
+    """
+    from linear_operator.utils.lanczos import lanczos_tridiag
+
+    n = v0.shape[0]
+    _, t = lanczos_tridiag(matmat, max_iter=num_matvecs, dtype=v0.dtype, device=v0.device,
+                           matrix_shape=torch.Size([n, n]), init_vecs=v0.reshape(n, 1),
+                           tol=1e-10)
+    return t.squeeze(0).double().cpu()
+
+
+def count_from_tridiagonals(tridiagonals: list[torch.Tensor], n: int, *, tau: float,
+                            delta: float) -> float:
+    """SLQ count of ``|lambda| > tau`` from Lanczos tridiagonals of Rademacher probes.
+
+    Each tridiagonal of a probe z (||z||^2 = n) gives Gauss nodes theta_j and weights w_j
+    (squared first eigenvector components); the count is the mean over probes of
+    ``n * sum_j w_j g(|theta_j|)`` with g the smooth step from ``tau`` to ``delta``.
+    """
+    total = 0.0
+    for t in tridiagonals:
+        theta, vecs = torch.linalg.eigh(t)
+        weights = vecs[0] ** 2
+        total += n * float((weights * smooth_step(theta.abs(), tau, delta)).sum())
+    return total / len(tridiagonals)
 
 
 def _problem():

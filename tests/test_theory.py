@@ -1,4 +1,7 @@
-"""Unit tests of the closed-form ranks in scalable_hrank.theory (no Hessians computed here)."""
+"""Unit tests of the closed-form ranks in scalable_hrank.theory (no Hessians computed here).
+
+The formulas are stated in docs/theory.md#rank-formulas.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 from torch import nn
 
 from dense_reference import PAPER_TABLE, digits_data, gaussian_data, linear_mlp, table_id
+from scalable_hrank.errors import InputError
 from scalable_hrank.theory import (
     RankPrediction,
     bias_regime,
@@ -31,7 +35,7 @@ def _widths(row):
     return [d, *hidden, k]
 
 
-# ----------------------------------------------------------------------------- PAPER.md table
+# ----------------------------------------------------------------------------- the table
 
 
 @pytest.mark.parametrize("row", PAPER_TABLE, ids=[table_id(r) for r in PAPER_TABLE])
@@ -50,7 +54,8 @@ def test_table_row_formulas(row):
 
 
 def test_cross_entropy_width_sweep_of_reference_code():
-    # PAPER.md section 4: MNIST 8x8, N = 100 (r = 41), hidden [w, w], w = 4..36 step 4
+    # the reference code's stored sweep: MNIST 8x8, N = 100 (r = 41), hidden [w, w],
+    # w = 4..36 step 4
     h_o, h_f, h_l, p = [], [], [], []
     for w in range(4, 37, 4):
         pred = predict_rank_from_widths([64, w, w, 10], loss="cross_entropy", input_rank=41,
@@ -236,31 +241,29 @@ def test_single_layer_with_bias_has_zero_functional_rank():
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize(("kwargs", "exc", "match"), [
-    (dict(widths=[16]), ValueError, "widths"),
-    (dict(widths=[16, 0, 4]), ValueError, r"widths\[1\]"),
-    (dict(widths=[16, -3, 4]), ValueError, r"widths\[1\]"),
-    (dict(widths="16,4"), TypeError, "widths"),
-    (dict(widths=[16, 2.5, 4]), TypeError, r"widths\[1\]"),
-    (dict(widths=[16, 8, 4], input_rank=-1), ValueError, "input_rank"),
-    (dict(widths=[16, 8, 4], input_rank=17), ValueError, "input_rank"),
-    (dict(widths=[16, 8, 4], input_rank=11, num_samples=10), ValueError, "input_rank"),
-    (dict(widths=[16, 8, 4], input_rank=True), TypeError, "input_rank"),
-    (dict(widths=[16, 8, 4], num_samples=0), ValueError, "num_samples"),
-    (dict(widths=[16, 8, 4], residual_rank=5), ValueError, "residual_rank"),
-    (dict(widths=[16, 8, 4], residual_rank=-1), ValueError, "residual_rank"),
-    (dict(widths=[16, 8, 4], loss="cross_entropy", residual_rank=4), ValueError,
-     "residual_rank"),
-    (dict(widths=[16, 8, 4], input_rank=2, residual_rank=3), ValueError, "residual_rank"),
-    (dict(widths=[16, 8, 4], loss="hinge"), ValueError, "loss"),
-    (dict(widths=[16, 8, 4], augmented_input_rank=16), ValueError, "augmented_input_rank"),
-    (dict(widths=[16, 8, 4], bias=True, augmented_input_rank=15), ValueError,
-     "augmented_input_rank"),
-    (dict(widths=[16, 8, 4], bias=True, num_samples=10, augmented_input_rank=11), ValueError,
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(widths=[16]), "widths"),
+    (dict(widths=[16, 0, 4]), r"widths\[1\]"),
+    (dict(widths=[16, -3, 4]), r"widths\[1\]"),
+    (dict(widths="16,4"), "widths"),
+    (dict(widths=[16, 2.5, 4]), r"widths\[1\]"),
+    (dict(widths=[16, 8, 4], input_rank=-1), "input_rank"),
+    (dict(widths=[16, 8, 4], input_rank=17), "input_rank"),
+    (dict(widths=[16, 8, 4], input_rank=11, num_samples=10), "input_rank"),
+    (dict(widths=[16, 8, 4], input_rank=True), "input_rank"),
+    (dict(widths=[16, 8, 4], num_samples=0), "num_samples"),
+    (dict(widths=[16, 8, 4], residual_rank=5), "residual_rank"),
+    (dict(widths=[16, 8, 4], residual_rank=-1), "residual_rank"),
+    (dict(widths=[16, 8, 4], loss="cross_entropy", residual_rank=4), "residual_rank"),
+    (dict(widths=[16, 8, 4], input_rank=2, residual_rank=3), "residual_rank"),
+    (dict(widths=[16, 8, 4], loss="hinge"), "loss"),
+    (dict(widths=[16, 8, 4], augmented_input_rank=16), "augmented_input_rank"),
+    (dict(widths=[16, 8, 4], bias=True, augmented_input_rank=15), "augmented_input_rank"),
+    (dict(widths=[16, 8, 4], bias=True, num_samples=10, augmented_input_rank=11),
      "augmented_input_rank"),
 ])
-def test_bad_arguments(kwargs, exc, match):
-    with pytest.raises(exc, match=match):
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(InputError, match=match):
         predict_rank_from_widths(**kwargs)
 
 
@@ -304,7 +307,7 @@ def test_predict_rank_measures_augmented_rank_with_bias():
 def test_predict_rank_digits_input_rank():
     X, Y = digits_data(100)
     pred = predict_rank(linear_mlp([64, 4, 4, 10], seed=0), loss="cross_entropy", data=(X, Y))
-    assert pred.r == 53  # sklearn digits, not the r = 41 of PAPER.md's downscaled MNIST
+    assert pred.r == 53  # sklearn digits, not the r = 41 of the paper's downscaled MNIST
     assert pred.outer == 4 * (53 + 9 - 4)
 
 
@@ -331,30 +334,30 @@ def test_predict_rank_accepts_identity_nested_and_bare_linear():
 
 
 def test_predict_rank_model_errors():
-    with pytest.raises(ValueError, match="all linear layers with bias or all without"):
+    with pytest.raises(InputError, match="all linear layers with bias or all without"):
         predict_rank(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2, bias=False)))
-    with pytest.raises(TypeError, match=r"Conv1d.*Linear.*Tanh"):
+    with pytest.raises(InputError, match=r"Conv1d.*Linear.*Tanh"):
         predict_rank(nn.Sequential(nn.Conv1d(1, 1, 3), nn.Linear(4, 2)))
-    with pytest.raises(TypeError, match="Dropout"):
+    with pytest.raises(InputError, match="Dropout"):
         predict_rank(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.1), nn.Linear(3, 2)))
-    with pytest.raises(TypeError, match="LayerNorm"):
+    with pytest.raises(InputError, match="LayerNorm"):
         predict_rank(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2)))
-    with pytest.raises(TypeError, match="Sequential"):
+    with pytest.raises(InputError, match="Sequential"):
         predict_rank(nn.Conv1d(1, 1, 3))
-    with pytest.raises(ValueError, match="in_features"):
+    with pytest.raises(InputError, match="in_features"):
         predict_rank(nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)))
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(InputError, match="at least one"):
         predict_rank(nn.Sequential(nn.Tanh()))
     frozen = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     frozen[0].weight.requires_grad_(False)
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(InputError, match="frozen"):
         predict_rank(frozen)
     model = nn.Sequential(nn.Linear(4, 3))
-    with pytest.raises(ValueError, match="data"):
+    with pytest.raises(InputError, match="data"):
         predict_rank(model, data=(torch.randn(5, 6), torch.randn(5, 3)))
-    with pytest.raises(TypeError, match="data"):
+    with pytest.raises(InputError, match="data"):
         predict_rank(model, data=torch.randn(5, 4))
-    with pytest.raises(ValueError, match="loss"):
+    with pytest.raises(InputError, match="loss"):
         predict_rank(model, loss="hinge")
-    with pytest.raises(ValueError, match="input_rank"):
+    with pytest.raises(InputError, match="input_rank"):
         predict_rank(model, input_rank=5)

@@ -1,8 +1,8 @@
-"""``hrank predict``: the paper's closed-form ranks of H_L, H_O, H_F for a linear chain.
+"""hrank predict: the closed-form ranks of H_L, H_O and H_F for a chain of linear layers.
 
-Formulas of Singh, Bachmann, Hofmann 2021 (arXiv 2106.16225) and the bias extension of
-PAPER.md section 3, via :func:`scalable_hrank.theory.predict_rank_from_widths`. Nothing is
-computed on a model: widths, input rank and (optionally) N and the residual rank are given.
+Nothing is computed on a model: the widths, the input rank r and optionally the sample count N
+and the residual rank s are given. The formulas and when each is exact are in docs/theory.md
+(section "Rank formulas") of the scalable-hrank repository.
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ def _widths(text: str) -> list[int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hrank predict``."""
+    """Register the predict subcommand on ``sub``; returns its parser."""
     p = sub.add_parser("predict", help="closed-form ranks of a linear network (no model run)",
                        description=__doc__)
     p.add_argument("--widths", type=_widths, required=True,
                    help="d,M1,...,M_{L-1},K (input, hidden widths, outputs)")
     p.add_argument("--input-rank", type=int, default=None,
                    help="r = rank(X) (default min(N, d), or d without --samples)")
-    p.add_argument("--loss", choices=LOSSES, default="mse")
+    p.add_argument("--loss", choices=LOSSES, default="mse",
+                   help="sets K_f: K outputs, or K - 1 for cross_entropy (default mse)")
     p.add_argument("--bias", action="store_true", help="every layer has a bias")
     p.add_argument("--samples", type=int, default=None, help="N (default unknown, N > d)")
     p.add_argument("--residual-rank", type=int, default=None,
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the predicted ranks; ValueError/TypeError (bad values) become exit code 2."""
+    """Print the predicted ranks; returns exit code 0 (bad values raise InputError: exit 2)."""
     pred = predict_rank_from_widths(
         args.widths, loss=args.loss, input_rank=args.input_rank, bias=args.bias,
         num_samples=args.samples, residual_rank=args.residual_rank)

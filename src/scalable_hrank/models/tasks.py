@@ -2,7 +2,7 @@
 
 Every task makes ``model(**inputs)`` return one Tensor ``F`` of shape (M, K) and pairs it with
 a built-in loss name, so all three Hessian kinds (``"loss"``, ``"outer"``, ``"functional"``)
-are defined (docs/CONTRACTS.md: callables only allow kind ``"loss"``).
+are defined with closed-form output Hessians (a callable loss defines all three too).
 
 * ``embedding``: F = mean-pooled (mask-weighted) last hidden state, L2-normalised, (N, D);
   targets (N, D) float, fixed random unit vectors (seeded); loss ``mse``.
