@@ -1,4 +1,4 @@
-"""Rank during training (PAPER.md section 6.4): linear and tanh nets on digits, float64.
+"""Rank during training (docs/reproduction.md): linear and tanh nets on digits, float64.
 
 Full-batch SGD with momentum on the MSE loss (one-hot targets) drives the residuals to zero
 (N <= d: a linear net can interpolate). At log-spaced epochs we record the exact dense ranks

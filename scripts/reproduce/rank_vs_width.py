@@ -1,4 +1,4 @@
-"""Rank vs width (PAPER.md section 6.2): hidden [w, w], N = 100, d = 64 Gaussian, K = 10, MSE.
+"""Rank vs width (docs/reproduction.md): hidden [w, w], N = 100, d = 64 Gaussian, K = 10, MSE.
 
 rank(H_L) = q (r + K + 4 w - 3 q) grows linearly in w while p = w (d + w + K) grows like w^2,
 so rank/p falls like 1/w; for w <= q (= 10 here, r = d) the Hessian has full rank.

@@ -1,4 +1,4 @@
-"""Sorted spectra, linear vs tanh vs ReLU (PAPER.md sections 5 and 6.5), at initialisation.
+"""Sorted spectra, linear vs tanh vs ReLU (docs/reproduction.md), at initialisation.
 
 The same MLP (digits, MSE, no bias) with three activations. The figure shows the sorted
 |eigenvalues| of H_L with the predicted index (the linear formula) and the default threshold;

@@ -1,4 +1,4 @@
-"""``hrank collect DIR``: gather the per-task records of a sweep into one CSV and JSON table.
+"""hrank collect DIR: gather the per-task records of a sweep into one CSV and JSON table.
 
 Missing tasks (no record) and failed ones are listed on stderr; exit code 1 if there is any,
 0 otherwise. The expected task count comes from ``--config`` or ``sweep.json`` (written by

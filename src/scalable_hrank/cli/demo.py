@@ -1,4 +1,4 @@
-"""``hrank demo``: exact, predicted and matrix-free ranks of small MLPs on real digits."""
+"""hrank demo: exact, predicted and matrix-free ranks of small MLPs on real digits."""
 
 from __future__ import annotations
 

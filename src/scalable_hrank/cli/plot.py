@@ -24,7 +24,7 @@ _KINDS = ("loss", "outer", "functional")
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``hrank plot``."""
     p = sub.add_parser("plot", help="figures from RankResult JSON or sweep CSV/JSON files",
-                       description=__doc__)
+                       description=__doc__.replace("``", ""))
     p.add_argument("inputs", nargs="+", metavar="RESULT", help="result file(s)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--type", dest="kind",

@@ -1,4 +1,4 @@
-"""``hrank rank``: the rank of one model's H_L / H_O / H_F, written as JSON with provenance.
+"""hrank rank: the rank of one model's H_L / H_O / H_F, written as JSON with provenance.
 
 Exit codes: 0 every result exact, certified, or a converged density estimate; 1 a result is
 only a bound (budget exhausted, infeasible density); 2 bad arguments or input; 3 pre-empted

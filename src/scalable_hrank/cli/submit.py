@@ -1,4 +1,4 @@
-"""``hrank submit``: render one of the package's sbatch templates and submit it with sbatch.
+"""hrank submit: render one of the package's sbatch templates and submit it with sbatch.
 
     hrank submit rank [options] -- <hrank rank arguments>     one job (srun over GPUs, and
                                                                --distributed added, with
