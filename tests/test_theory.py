@@ -361,3 +361,33 @@ def test_predict_rank_model_errors():
         predict_rank(model, loss="hinge")
     with pytest.raises(InputError, match="input_rank"):
         predict_rank(model, input_rank=5)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_public_names_of_the_theory_package():
+    import scalable_hrank
+    import scalable_hrank.theory as theory
+
+    names = {"ELEMENTWISE_ACTIVATIONS", "LOSSES", "RankPrediction", "bias_regime", "bottleneck",
+             "functional_rank", "layer_block_rank", "loss_rank", "num_parameters", "outer_rank",
+             "output_rank", "predict_rank", "predict_rank_from_widths", "rank_deficiency"}
+    assert names <= set(theory.__all__)
+    assert all(hasattr(theory, name) for name in theory.__all__)
+    assert scalable_hrank.predict_rank is theory.predict_rank
+    assert scalable_hrank.RankPrediction is theory.RankPrediction
+
+
+def test_functional_and_loss_ranks_name_the_case():
+    from scalable_hrank.theory import functional_and_loss_ranks
+
+    for kwargs, case in ((dict(), "generic point"), (dict(residual_rank=2), "general point"),
+                         (dict(bias=True, num_samples=40), "inside the regime"),
+                         (dict(bias=True, num_samples=16), "outside the regime")):
+        h_f, h_l, why = functional_and_loss_ranks([16, 8, 8, 4], **kwargs)
+        assert (h_f, h_l) == (functional_rank([16, 8, 8, 4], **kwargs),
+                              loss_rank([16, 8, 8, 4], **kwargs))
+        assert case in why
+    with pytest.raises(InputError, match="kind"):
+        predict_rank_from_widths([16, 8, 8, 4]).rank("hessian")

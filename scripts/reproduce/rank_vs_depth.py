@@ -1,8 +1,8 @@
 """Rank vs depth (docs/reproduction.md): 1..9 hidden layers of width 25, N = 50, MSE.
 
 Inputs are d = 16 Gaussian (kept small so that the 9-layer net, p = 5650, stays a dense
-float64 problem of about a minute here); K = 10, so q = min(r, 25, K) = 10 and rank/p rises
-towards q (2 m - q) / m^2 = 0.64 as layers are added.
+float64 problem; wall times are in docs/reproduction.md); K = 10, so q = min(r, 25, K) = 10 and
+rank/p tends to q (2 m - q) / m^2 = 0.64 as layers are added.
 """
 
 from __future__ import annotations
