@@ -94,5 +94,6 @@ def refuse_single_derivative_kernels() -> Iterator[None]:
         msg = (f"the model uses {found.group('op')}, which has no second derivative, so "
                "Hessian products cannot run through it; use a twice-differentiable "
                "implementation (for attention: torch.nn.functional."
-               "scaled_dot_product_attention or an eager softmax(QK^T)V; Hugging Face models: attn_implementation='eager')")
+               "scaled_dot_product_attention or an eager softmax(QK^T)V; Hugging Face "
+               "models: attn_implementation='eager')")
         raise InputError(msg) from exc
