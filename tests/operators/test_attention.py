@@ -166,3 +166,36 @@ def test_kernel_without_double_derivative_refused() -> None:
     with pytest.raises(InputError, match="_scaled_dot_product_flash_attention_for_cpu_backward, "
                                          "which has no second derivative"):
         op @ torch.ones(op.size)
+
+
+class UserAttention(nn.Module):
+    """A user's transformer block calling F.scaled_dot_product_attention (as timm ViTs do),
+    or, with ``eager=True``, the same attention written out as softmax(QK^T / sqrt(d)) V."""
+
+    def __init__(self, eager: bool) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3)
+        self.eager = eager
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.eager:
+            att = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
+        else:
+            att = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.head(self.norm(x + att).mean(dim=1))
+
+
+def test_user_sdpa_block_equals_its_eager_twin() -> None:
+    fused = perturbed(UserAttention(eager=False), seed=3)
+    eager = UserAttention(eager=True).double()
+    eager.load_state_dict(fused.state_dict())
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (4,), generator=g)
+    for kind in KINDS:
+        a = hr.curvature_operator(fused, "cross_entropy", (x, y), kind).to_dense()
+        b = hr.curvature_operator(eager, "cross_entropy", (x, y), kind).to_dense()
+        assert rel_err(a, b) < 1e-12, kind
