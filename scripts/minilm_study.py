@@ -1,11 +1,11 @@
-"""MiniLM study on CPU: certified block ranks, a layer density estimate, rank vs tokens.
+"""MiniLM study on CPU: a layer density estimate and rank vs tokens.
+
+The certified ranks of individual blocks (every layer's LayerNorms, biases, value projection)
+are a sweep, not part of this script: ``hrank sweep examples/minilm_blocks.toml --local``
+(and ``examples/minilm_large_blocks.toml``), then ``hrank collect``; see docs/minilm.md.
 
 Parts (each runs alone; ``--all`` runs every part):
 
-    --blocks   certified ranks (method sketch, float64) of layer-5 blocks (final LayerNorm,
-               attention value bias, MLP intermediate bias, the whole attention value
-               projection on a short input) for H_L, H_O and H_F; exact dense ranks as a
-               cross-check for blocks with n <= --exact-max-n (kinds --exact-kinds).
     --density  density estimate (deflated SLQ count with an interval) for one whole
                transformer layer; a small product budget for the indefinite kinds reports
                what they would need.
@@ -17,7 +17,7 @@ Every part writes ``<out>/<part>.json`` (one record per rank: block, kind, n, ra
 certified, matvecs, seconds, rank_low/high, tol, data) and ``<fig-dir>/minilm_<part>.png``.
 Measured commands, times and numbers: docs/minilm.md.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/minilm_study.py --blocks
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/minilm_study.py --tokens
 
 Threads: on a shared 2-core machine OMP_NUM_THREADS=1 was 5x faster than 2 (spinning
 OpenMP threads); use all cores only on an idle machine.
@@ -89,15 +89,6 @@ def _block_size(args, n: int) -> int:
     return args.big_block_size if n > args.big_n else args.block_size
 
 
-def _parse_block_data(items: list[str]) -> dict[str, tuple[int, int]]:
-    out = {}
-    for item in items:
-        name, _, nl = item.partition("=")
-        s, _, length = nl.partition(":")
-        out[name] = (int(s), int(length))
-    return out
-
-
 def _plan(b, n, method, expected_rank=None, **kw):
     try:
         p = plan(b.model, n, b.data[0], method, torch.float64, "cpu",
@@ -106,39 +97,6 @@ def _plan(b, n, method, expected_rank=None, **kw):
         log.warning("planner: %s", exc)
         return None
     return p  # plan() logs its summary
-
-
-def part_blocks(args) -> list[dict]:
-    estimate_rank, exact_rank = _rank_api()
-    overrides = _parse_block_data(args.block_data)
-    bundles: dict[tuple[int, int], tuple] = {}
-    rows = []
-    for name in args.block_names.split(","):
-        glob = BLOCKS[name]
-        sentences, length = overrides.get(name, (args.sentences, args.max_length))
-        if (sentences, length) not in bundles:
-            bundles[sentences, length] = _bundle(args, sentences, length)
-        b, tokens = bundles[sentences, length]
-        n = _n(b.model, glob)
-        bs = _block_size(args, n)
-        p = _plan(b, n, "sketch", expected_rank=min(n, tokens * D), block_size=bs)
-        log.info("%s (%s): n = %d, %d sentences, %d tokens, block %d", name, glob, n,
-                 sentences, tokens, bs)
-        for kind in args.kinds.split(","):
-            res = estimate_rank(b.model, b.loss, b.data, kind, method="sketch", params=glob,
-                                seed=args.seed, block_size=bs)
-            row = _record(res, block=name, glob=glob, sentences=sentences, max_length=length,
-                          tokens=tokens, block_size=bs,
-                          plan_bytes=p.total_bytes if p else None)
-            if n <= args.exact_max_n and kind in args.exact_kinds.split(","):
-                ex = exact_rank(b.model, b.loss, b.data, kind, params=glob)
-                row.update(exact_rank=ex.rank, exact_seconds=ex.seconds)
-            log.info("%-11s %-10s n=%-7d rank=%-5d certified=%s matvecs=%d %.1fs exact=%s",
-                     name, kind, n, res.rank, res.certified, res.matvecs, res.seconds,
-                     row.get("exact_rank"))
-            rows.append(row)
-    _plot_blocks(rows, args.fig_dir / "minilm_blocks.png")
-    return rows
 
 
 def part_density(args) -> list[dict]:
@@ -182,11 +140,6 @@ def part_tokens(args) -> list[dict]:
              for s in _ints(args.sentence_counts)]
     runs += [("attn_value", 1, L, args.value_kinds) for L in _ints(args.value_lengths)]
     rows = []
-    prior = args.out / "blocks.json"  # reuse attn_value ranks the --blocks part measured
-    if prior.exists():
-        rows += [dict(r, reused_from="blocks.json") for r in
-                 json.loads(prior.read_text())["rows"] if r["block"] == "attn_value"
-                 and r["sentences"] == 1 and r["max_length"] not in _ints(args.value_lengths)]
     for block, sentences, length, kinds in runs:
         glob = BLOCKS[block]
         b, tokens = _bundle(args, sentences, length)
@@ -210,37 +163,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _plot_blocks(rows, path):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    blocks = list(dict.fromkeys(r["block"] for r in rows))
-    for j, kind in enumerate(KINDS):
-        xs, ys = [], []
-        for i, name in enumerate(blocks):
-            r = next((r for r in rows if r["block"] == name and r["kind"] == kind), None)
-            if r is not None:
-                xs.append(i + 0.27 * (j - 1))
-                ys.append(r["rank"] / r["n"])
-        axes[0].bar(xs, ys, width=0.27, label=kind)
-        for r in (r for r in rows if r["kind"] == kind and r["rank_curve"]):
-            t, k = zip(*r["rank_curve"], strict=True)
-            axes[1].loglog([x / r["scale"] for x in t], [max(v, 0.5) for v in k],
-                           label=f"{r['block']} {kind}")
-    labels = [f"{name}\n(n={next(r['n'] for r in rows if r['block'] == name):,})"
-              for name in blocks]
-    axes[0].set_xticks(range(len(blocks)), labels, fontsize=7)
-    axes[0].set_ylabel("rank / n")
-    axes[0].set_title("certified ranks (sketch, float64)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].set_xlabel("threshold / sigma_max(H_L)")
-    axes[1].set_ylabel("rank(threshold)")
-    axes[1].set_title("rank curves", fontsize=9)
-    axes[1].legend(fontsize=5, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_density(rows, path):
@@ -295,7 +217,6 @@ def _plot_tokens(rows, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--blocks", action="store_true")
     ap.add_argument("--density", action="store_true")
     ap.add_argument("--tokens", action="store_true")
     ap.add_argument("--all", action="store_true")
@@ -304,18 +225,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sentences", type=int, default=2, help="built-in sentences (max 16)")
     ap.add_argument("--max-length", type=int, default=16, help="token truncation")
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--block-names", default="layernorm,value_bias,mlp_in_bias,attn_value",
-                    help=f"comma list of {list(BLOCKS)}")
-    ap.add_argument("--block-data", action="append", default=None,
-                    help="NAME=SENTENCES:MAX_LENGTH for one block (default attn_value=1:2: "
-                         "its H_L rank grows as 384 x tokens)")
     ap.add_argument("--block-size", type=int, default=8)
     ap.add_argument("--big-block-size", type=int, default=64,
                     help="block size for blocks with n > --big-n")
     ap.add_argument("--big-n", type=int, default=20_000)
-    ap.add_argument("--exact-max-n", type=int, default=1600)
-    ap.add_argument("--exact-kinds", default="loss,functional",
-                    help="exact cross-checks (outer costs n full forwards)")
     ap.add_argument("--layer", default=LAYER)
     ap.add_argument("--density-sentences", type=int, default=1)
     ap.add_argument("--density-matvecs", type=int, default=1200, help="SLQ budget, kind outer")
@@ -326,22 +239,20 @@ def main(argv=None) -> int:
     ap.add_argument("--token-block", default="layernorm", choices=list(BLOCKS))
     ap.add_argument("--token-lengths", default="3,6,16", help="lengths with 1 sentence")
     ap.add_argument("--sentence-counts", default="2,3", help="sentence counts at max length")
-    ap.add_argument("--value-lengths", default="3",
-                    help="attn_value: 1 sentence, L tokens (L = 2 comes from --blocks)")
+    ap.add_argument("--value-lengths", default="2,3",
+                    help="attn_value: 1 sentence, L tokens")
     ap.add_argument("--value-kinds", default="loss")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.block_data is None:
-        args.block_data = ["attn_value=1:2"]
     if args.fig_dir is None:
         args.fig_dir = args.out
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     args.fig_dir.mkdir(parents=True, exist_ok=True)
-    parts = {"blocks": part_blocks, "density": part_density, "tokens": part_tokens}
+    parts = {"density": part_density, "tokens": part_tokens}
     chosen = [p for p in parts if args.all or getattr(args, p)]
     if not chosen:
-        ap.error("choose --blocks, --density, --tokens or --all")
+        ap.error("choose --density, --tokens or --all")
     for name in chosen:
         t0 = time.perf_counter()
         rows = parts[name](args)

@@ -1,7 +1,11 @@
 """Independent dense float64 reference for Hessian ranks (tests only).
 
 Built directly on torch.func, without scalable_hrank.operators, so the package's operators can be
-tested against it. Here H_F is H_L - H_O (a subtraction the package itself must not use).
+tested against it. Second derivatives are forward-over-reverse, ``jacfwd(grad(f))``, not
+``torch.func.hessian`` (= ``jacfwd(jacrev(f))``): in torch 2.13 the vmapped reverse pass inside
+``jacrev`` gets the Hessian through ``nn.LayerNorm`` wrong by a few percent, which
+``central_difference_hessian`` (differences of gradients) exposes. Attention runs on the math
+SDPA backend (the only one with forward-mode derivatives of its backward).
 
 Losses (means over the N samples):
     mse:            1/2 ||F(x) - y||^2,             Q = I
@@ -16,7 +20,8 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, hessian, jacrev
+from torch.func import functional_call, grad, jacfwd, jacrev
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 EPS64 = float(torch.finfo(torch.float64).eps)
 LOSSES = ("mse", "cross_entropy", "logcosh")
@@ -89,41 +94,77 @@ def _unflatten(theta: torch.Tensor, spec: list[tuple[str, torch.Size]]) -> dict[
     return out
 
 
-def dense_curvatures(model: nn.Module, loss: str, X: torch.Tensor, Y: torch.Tensor
+def hessian_of(f, theta: torch.Tensor) -> torch.Tensor:
+    """Dense Hessian of a scalar f at theta, forward-over-reverse (``jacfwd(grad(f))``)."""
+    with sdpa_kernel([SDPBackend.MATH]):
+        return jacfwd(grad(f))(theta)
+
+
+def central_difference_hessian(f, theta: torch.Tensor, step: float = 1e-5) -> torch.Tensor:
+    """Hessian by central differences of gradients, column j = (g(t + h e_j) - g(t - h e_j)) / 2h.
+
+    Independent of any second-derivative rule of autograd; error O(h^2) plus rounding
+    O(eps / h), about 1e-9 relative at h = 1e-5 in float64.
+    """
+    g = grad(f)
+    eye = torch.eye(theta.numel(), dtype=theta.dtype)
+    cols = [(g(theta + step * e) - g(theta - step * e)) / (2 * step) for e in eye]
+    return torch.stack(cols, dim=1)
+
+
+def flat_loss(model: nn.Module, loss: str, X, Y: torch.Tensor):
+    """(theta, f): the flat float64 parameters and theta -> mean loss over (X, Y).
+
+    X may be a Tensor (model(X)) or a tuple (model(*X)).
+    """
+    theta, spec = _flat(model)
+    args = X if isinstance(X, tuple) else (X,)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return per_sample_loss(loss, functional_call(model, _unflatten(t, spec), args), Y).mean()
+
+    return theta, f
+
+
+def dense_curvatures(model: nn.Module, loss: str, X, Y: torch.Tensor
                      ) -> dict[str, torch.Tensor]:
     """Dense H_L, H_O, H_F (float64, n x n) of the mean loss over (X, Y) at the model's parameters.
 
-    H_L = torch.func.hessian of the mean loss; H_O = sum_n J_n^T Q_n J_n / N with J from
-    jacrev and Q_n in closed form; H_F = torch.func.hessian of the mean over n of
+    H_L = :func:`hessian_of` the mean loss; H_O = sum_n J_n^T Q_n J_n / N with J from jacrev
+    (first order) and Q_n in closed form; H_F = :func:`hessian_of` the mean over n of
     <residual_n, F(x_n)> with the residual dl/dF held fixed (closed form). Three independent
     computations: ``H_L - H_O - H_F`` is a consistency check, not an input. (Subtracting
     instead, H_F = H_L - H_O, leaves rounding noise above the rank threshold in some cases,
-    e.g. a one-layer log-cosh net where H_F is exactly zero.)
+    e.g. a one-layer log-cosh net where H_F is exactly zero.) X may be a Tensor or a tuple
+    of positional inputs; outputs must be (N, K).
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}")
     model = model.to(torch.float64)
-    X = X.to(torch.float64)
+    args = tuple(a.to(torch.float64) if a.is_floating_point() else a
+                 for a in (X if isinstance(X, tuple) else (X,)))
     Y = Y if not Y.is_floating_point() else Y.to(torch.float64)
     theta, spec = _flat(model)
+    n = Y.shape[0]
 
     def outputs(t: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, _unflatten(t, spec), (X,))
+        with sdpa_kernel([SDPBackend.MATH]):
+            return functional_call(model, _unflatten(t, spec), args)
 
     def mean_loss(t: torch.Tensor) -> torch.Tensor:
         return per_sample_loss(loss, outputs(t), Y).mean()
 
-    h_l = hessian(mean_loss)(theta)
+    h_l = hessian_of(mean_loss, theta)
     out = outputs(theta).detach()
     jac = jacrev(outputs)(theta)                       # (N, K, n)
     q = output_hessians(loss, out, Y)                  # (N, K, K)
-    h_o = torch.einsum("nkp,nkl,nlq->pq", jac, q, jac) / X.shape[0]
+    h_o = torch.einsum("nkp,nkl,nlq->pq", jac, q, jac) / n
     res = residuals(loss, out, Y).detach()
 
     def weighted_outputs(t: torch.Tensor) -> torch.Tensor:
-        return (res * outputs(t)).sum() / X.shape[0]
+        return (res * outputs(t)).sum() / n
 
-    h_f = hessian(weighted_outputs)(theta)
+    h_f = hessian_of(weighted_outputs, theta)
     return {kind: 0.5 * (h + h.T) for kind, h in
             (("loss", h_l), ("outer", h_o), ("functional", h_f))}
 
@@ -185,6 +226,52 @@ def linear_mlp(widths, bias: bool = False, activation=None, seed: int = 0) -> nn
     return nn.Sequential(*layers)
 
 
+class NormedMLP(nn.Module):
+    """Linear -> LayerNorm -> tanh -> Linear: (N, d) -> (N, K)."""
+
+    def __init__(self, d: int, width: int, k: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d, width)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.norm(self.inp(x))))
+
+
+class TinyAttention(nn.Module):
+    """Embed -> LayerNorm -> nn.MultiheadAttention + residual -> LayerNorm -> mean over tokens ->
+    Linear: (N, T, d) -> (N, K). ``need_weights=None`` calls the attention the default way;
+    ``False`` takes torch's scaled_dot_product_attention path."""
+
+    def __init__(self, d: int, embed: int, heads: int, k: int,
+                 need_weights: bool | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d, embed)
+        self.norm1 = nn.LayerNorm(embed)
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(embed)
+        self.head = nn.Linear(embed, k)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(self.embed(x))
+        kw = {} if self.need_weights is None else {"need_weights": self.need_weights}
+        h = self.norm2(h + self.attn(h, h, h, **kw)[0])
+        return self.head(h.mean(dim=1))
+
+
+def perturbed(model: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
+    """``model`` in float64 eval mode with every parameter moved by N(0, scale^2): LayerNorm's
+    unit weights and zero biases are a special point (its Hessian blocks degenerate there)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = model.to(torch.float64).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return model
+
+
 def _targets(labels: torch.Tensor, k: int, loss: str) -> torch.Tensor:
     if loss == "cross_entropy":
         return labels
@@ -215,7 +302,7 @@ def gaussian_data(N: int, d: int, K: int, loss: str, seed: int = 0, input_rank: 
 def digits_data(N: int, loss: str = "cross_entropy") -> tuple[torch.Tensor, torch.Tensor]:
     """First N sklearn 8x8 digits, pixels scaled to [0, 1] (X: (N, 64) float64), 10 classes.
 
-    Measured: rank(X) = 53 at N = 100 (41 at N = 41); PAPER.md's r = 41 at N = 100 refers to a
+    Measured: rank(X) = 53 at N = 100 (41 at N = 41); the paper's r = 41 at N = 100 refers to a
     different downscaled MNIST.
     """
     from sklearn.datasets import load_digits
@@ -226,9 +313,10 @@ def digits_data(N: int, loss: str = "cross_entropy") -> tuple[torch.Tensor, torc
     return X, _targets(labels, 10, loss)
 
 
-# ----------------------------------------------------------------------------- PAPER.md table
+# ----------------------------------------------------------------------------- the paper's table
 
-#: PAPER.md section 4: (d, hidden, K, N, r, loss, bias, p, rank H_O, rank H_F, rank H_L).
+#: The paper's table of examples (docs/theory.md#rank-formulas):
+#: (d, hidden, K, N, r, loss, bias, p, rank H_O, rank H_F, rank H_L).
 PAPER_TABLE: tuple[tuple, ...] = (
     (25, (5, 10), 10, 50, 25, "mse", False, 275, 150, 175, 250),
     (25, (5, 10), 10, 50, 25, "cross_entropy", False, 275, 145, 165, 245),

@@ -1,7 +1,9 @@
 """Parameter sweeps: a grid in a TOML/JSON file, expanded into numbered tasks, one result each.
 
 A sweep file has a ``[sweep]`` table; every list-valued key is a grid axis, every scalar a fixed
-setting. Optional ``[slurm]`` options are used by ``hrank submit sweep``::
+setting. Optional ``[slurm]`` options are used by ``hrank submit sweep``. Two kinds of sweep:
+
+**MLP grids** (no ``model``): the paper's synthetic setting::
 
     [sweep]
     name = "mlp-ranks"
@@ -13,10 +15,29 @@ setting. Optional ``[slurm]`` options are used by ``hrank submit sweep``::
     activation = ["linear", "tanh"]
     bias = [false, true]
     loss = "mse"             # "mse", "cross_entropy", "logcosh"
-    kind = ["loss", "outer"]
+    kind = ["loss", "outer"] # or "all": one task, three results
     method = "exact"         # or "auto", "sketch", "lanczos", "density"
     seed = 0
     compare_exact = false    # also record the dense exact rank next to an estimate
+
+**Any model** (``model`` set): every option of ``hrank rank`` is a setting or an axis:
+``model``, ``params``, ``data``, ``samples``, ``loss``, ``kind``, ``method``, ``rtol``, ``atol``,
+``dtype``, ``device``, ``seed``, ``max_matvecs`` (alias ``budget``), ``block_size``, ``probes``,
+``parts_bound``, ``memory`` and the model-source options of
+:mod:`scalable_hrank.models.problem` (``builder``, ``weights``, ``num_classes``,
+``input_shape``, ``model_task`` (``hrank rank --task``: ``task`` is the task index here),
+``labels``, ``max_length``, ``batch_size``). ``blocks`` expands
+patterns into one task per matching module or parameter (:mod:`scalable_hrank.models.blocks`):
+``blocks = ["type:LayerNorm", "encoder.layer.*.attention.self.value.bias"]`` is an axis
+``block`` whose tasks select that block as ``params``::
+
+    [sweep]
+    model = "hf:minilm"
+    blocks = ["type:LayerNorm", "encoder.layer.*.intermediate.dense.bias"]
+    kind = "all"
+    method = "sketch"
+    samples = 2
+    max_length = 16
 
     [slurm]
     time = "00:30:00"
@@ -26,7 +47,7 @@ setting. Optional ``[slurm]`` options are used by ``hrank submit sweep``::
 Tasks are the Cartesian product of the axes in the fixed order of :data:`AXES` (then any other
 list-valued keys by name), the last axis varying fastest; task ``i`` is the same settings on
 every machine and every run. :func:`run_task` writes ``task-<i>.json`` atomically into the
-output folder; ``hrank collect`` gathers them.
+output folder; ``hrank collect`` gathers them into one row per (task, kind).
 """
 
 from __future__ import annotations
@@ -34,8 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-import traceback
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,30 +64,29 @@ from typing import Any
 import torch
 
 from scalable_hrank._io import atomic_write_text
-from scalable_hrank.checkpoint import (
-    CheckpointSaver,
-    Preempted,
-    PreemptionHandler,
-    fingerprint,
-)
+from scalable_hrank.errors import InputError
+from scalable_hrank.models.problem import MODEL_OPTION_KEYS
 
 __all__ = [
     "AXES",
     "DEFAULTS",
+    "RANK_DEFAULTS",
     "SweepConfig",
     "build_problem",
+    "check_writable",
     "expand",
     "load_config",
     "result_path",
     "run_task",
+    "write_task_list",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Grid axes in expansion order (first = slowest).
-AXES: tuple[str, ...] = ("width", "depth", "num_samples", "activation", "bias", "loss", "kind",
-                         "method", "seed")
-#: Settings of a task and their defaults.
+AXES: tuple[str, ...] = ("model", "block", "width", "depth", "num_samples", "activation",
+                         "bias", "loss", "kind", "method", "seed")
+#: Settings of an MLP-grid task and their defaults.
 DEFAULTS: dict[str, Any] = {
     "input_dim": 6,
     "output_dim": 3,
@@ -88,9 +107,22 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 300.0,
     "throttle_seconds": 0.0,
 }
+#: The MLP grid's own keys (not allowed beside ``model``).
+_MLP_KEYS = ("input_dim", "output_dim", "num_samples", "width", "depth", "activation", "bias")
+#: Settings of a task on any model (``model`` set), as ``hrank rank`` takes them.
+RANK_DEFAULTS: dict[str, Any] = {
+    **{k: v for k, v in DEFAULTS.items() if k not in _MLP_KEYS},
+    "model": None, "loss": None, "method": "auto", "params": None, "data": None,
+    "samples": None, "dtype": "float64", "device": "auto", "probes": None,
+    "parts_bound": False, "memory": None, "block": None,
+    # the hf task is ``model_task`` here: ``task`` is the task index of a sweep
+    **{("model_task" if k == "task" else k): None for k in MODEL_OPTION_KEYS},
+}
+_KINDS = ("loss", "outer", "functional")
 _ALIASES = {"d": "input_dim", "K": "output_dim", "N": "num_samples", "samples": "num_samples",
             "activations": "activation", "widths": "width", "depths": "depth",
-            "losses": "loss", "kinds": "kind", "methods": "method", "seeds": "seed"}
+            "losses": "loss", "kinds": "kind", "methods": "method", "seeds": "seed",
+            "models": "model", "budget": "max_matvecs"}
 _SLURM_KEYS = {"time", "partition", "gpus", "cpus_per_task", "mem", "max_parallel", "account",
                "qos", "constraint", "job_name", "sbatch"}
 
@@ -105,6 +137,8 @@ class SweepConfig:
         axes: ``(key, values)`` grid axes in expansion order.
         slurm: Options of the ``[slurm]`` table.
         path: The file it was read from (None when built in memory).
+        skipped_blocks: Block names a ``blocks`` pattern matched but left out (nothing
+            trainable in them).
     """
 
     name: str
@@ -112,6 +146,7 @@ class SweepConfig:
     axes: tuple[tuple[str, tuple[Any, ...]], ...]
     slurm: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    skipped_blocks: tuple[str, ...] = ()
 
     @property
     def num_tasks(self) -> int:
@@ -121,17 +156,21 @@ class SweepConfig:
     def task(self, index: int) -> dict[str, Any]:
         """Settings of task ``index`` (0-based), with ``task`` and ``sweep`` keys added.
 
+        A ``block`` value also sets ``params`` to the block's name.
+
         Raises:
-            ValueError: If ``index`` is outside ``[0, num_tasks)``.
+            InputError: If ``index`` is outside ``[0, num_tasks)``.
         """
         if not 0 <= index < self.num_tasks:
             msg = f"task must be in [0, {self.num_tasks}); got {index}"
-            raise ValueError(msg)
+            raise InputError(msg)
         settings = dict(self.fixed)
         rest = index
         for key, values in reversed(self.axes):
             rest, i = divmod(rest, len(values))
             settings[key] = values[i]
+        if settings.get("block") is not None:
+            settings["params"] = settings["block"]
         return {"sweep": self.name, "task": index, **settings}
 
     def tasks(self) -> list[dict[str, Any]]:
@@ -140,17 +179,51 @@ class SweepConfig:
 
 
 def _normalize(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    allowed = set(DEFAULTS) | set(RANK_DEFAULTS) | {"blocks"}
     out: dict[str, Any] = {}
     for raw_key, value in table.items():
         key = _ALIASES.get(raw_key, raw_key)
-        if key not in DEFAULTS:
-            allowed = ", ".join(sorted(DEFAULTS))
-            msg = f"unknown setting {raw_key!r} in {where}; allowed: name, {allowed}"
-            raise ValueError(msg)
+        if key == "num_samples" and "model" in table and raw_key == "samples":
+            key = "samples"  # a model's sample count, not the MLP grid's N
+        if key == "task":
+            msg = (f"setting 'task' in {where}: a sweep numbers its tasks; the hf task "
+                   "(hrank rank --task) is model_task here")
+            raise InputError(msg)
+        if key not in allowed or key == "block":
+            msg = (f"unknown setting {raw_key!r} in {where}; allowed: name, "
+                   f"{', '.join(sorted(allowed))}")
+            raise InputError(msg)
         if key in out:
             msg = f"setting {key!r} given twice in {where} (once as an alias)"
-            raise ValueError(msg)
+            raise InputError(msg)
         out[key] = value
+    return out
+
+
+def _block_axis(settings: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The block names ``settings["blocks"]`` expands to on the (fixed) model, and skipped ones."""
+    from scalable_hrank.models.blocks import expand_blocks
+    from scalable_hrank.models.problem import build_problem as build_model_problem
+
+    if isinstance(settings.get("model"), list) or settings.get("model") is None:
+        msg = "blocks need one fixed model (model = \"...\", not a list or an MLP grid)"
+        raise InputError(msg)
+    if settings.get("params") is not None:
+        msg = "give either blocks (one task per block) or params (one selection), not both"
+        raise InputError(msg)
+    fixed = {k: (v[0] if isinstance(v, list) else v) for k, v in settings.items()
+             if k != "blocks"}
+    problem = build_model_problem(model_settings({**RANK_DEFAULTS, **fixed}))
+    blocks = expand_blocks(problem.model, settings["blocks"])
+    for name in blocks.skipped:
+        logger.warning("block %s skipped: none of its parameters is trainable", name)
+    return blocks.names, blocks.skipped
+
+
+def model_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's settings as :func:`scalable_hrank.models.problem.build_problem` takes them."""
+    out = {k: v for k, v in settings.items() if k not in ("task", "model_task")}
+    out["task"] = settings.get("model_task")
     return out
 
 
@@ -158,51 +231,69 @@ def expand(grid: Mapping[str, Any], *, name: str = "sweep",
            slurm: Mapping[str, Any] | None = None, path: Path | None = None) -> SweepConfig:
     """Build a :class:`SweepConfig` from a settings mapping (lists are grid axes).
 
+    Cost: with ``blocks``, loading the model once to expand them.
+
     Raises:
-        ValueError: On an unknown setting, an empty axis or an unknown ``[slurm]`` option.
+        InputError: An unknown setting, an empty axis, an unknown ``[slurm]`` option, MLP
+            grid keys beside ``model``, or blocks that cannot be expanded.
     """
     settings = _normalize(grid, "[sweep]")
     for key in slurm or {}:
         if key not in _SLURM_KEYS:
             msg = f"unknown option {key!r} in [slurm]; allowed: {', '.join(sorted(_SLURM_KEYS))}"
-            raise ValueError(msg)
-    fixed = {k: v for k, v in DEFAULTS.items() if k not in settings}
+            raise InputError(msg)
+    any_model = "model" in settings
+    if any_model:
+        mlp_keys = sorted(k for k in settings if k in _MLP_KEYS)
+        if mlp_keys:
+            msg = (f"settings {mlp_keys} belong to the MLP grid (no model); with model = "
+                   "... use samples, data and the model's own options")
+            raise InputError(msg)
+    defaults = RANK_DEFAULTS if any_model else DEFAULTS
+    skipped: tuple[str, ...] = ()
+    if "blocks" in settings:
+        names, skipped = _block_axis(settings)
+        settings = {k: v for k, v in settings.items() if k != "blocks"}
+        settings["block"] = list(names)
+    fixed = {k: v for k, v in defaults.items() if k not in settings}
     axes: list[tuple[str, tuple[Any, ...]]] = []
     order = list(AXES) + sorted(k for k in settings if k not in AXES)
     for key in order:
         if key not in settings:
             continue
         value = settings[key]
-        if isinstance(value, list):
+        if isinstance(value, list) and key != "input_shape":
             if not value:
                 msg = f"grid axis {key!r} is empty"
-                raise ValueError(msg)
+                raise InputError(msg)
             axes.append((key, tuple(value)))
         else:
             fixed[key] = value
     return SweepConfig(name=str(name), fixed=fixed, axes=tuple(axes), slurm=dict(slurm or {}),
-                       path=path)
+                       path=path, skipped_blocks=skipped)
 
 
 def load_config(path: str | Path) -> SweepConfig:
     """Read a sweep file (``.toml`` or ``.json``).
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If it cannot be parsed or holds unknown settings.
+        InputError: If the file does not exist, cannot be parsed or holds unknown settings.
     """
     path = Path(path)
+    if not path.is_file():
+        msg = f"sweep file {path} does not exist"
+        raise InputError(msg)
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else _toml().loads(text)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         msg = f"cannot parse sweep file {path}: {exc}"
-        raise ValueError(msg) from exc
+        raise InputError(msg) from exc
     grid = dict(data.get("sweep", {}))
     unknown = set(data) - {"sweep", "slurm"}
     if unknown:
         msg = f"sweep file {path} has unknown tables {sorted(unknown)}; use [sweep] and [slurm]"
-        raise ValueError(msg)
+        raise InputError(msg)
     name = grid.pop("name", path.stem)
     return expand(grid, name=name, slurm=data.get("slurm"), path=path.resolve())
 
@@ -215,7 +306,7 @@ def _toml() -> Any:
             import tomli as tomllib
         except ModuleNotFoundError:
             msg = "reading TOML needs Python >= 3.11 or the tomli package; or use a .json file"
-            raise ValueError(msg) from None
+            raise InputError(msg) from None
     return tomllib
 
 
@@ -224,8 +315,34 @@ def result_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / f"task-{index:05d}.json"
 
 
+def check_writable(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` and check that files can be written there (before any product).
+
+    Raises:
+        InputError: The folder cannot be created or written.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        msg = f"sweep output folder {out} is not writable ({exc.strerror or exc}); pick --out"
+        raise InputError(msg) from exc
+    return out
+
+
+def write_task_list(cfg: SweepConfig, out_dir: str | Path) -> Path:
+    """Write every task's settings to ``out_dir/tasks.json`` (``hrank collect`` reads it)."""
+    path = Path(out_dir) / "tasks.json"
+    doc = {"name": cfg.name, "num_tasks": cfg.num_tasks, "tasks": cfg.tasks(),
+           "skipped_blocks": list(cfg.skipped_blocks)}
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+    return path
+
+
 def build_problem(settings: Mapping[str, Any]) -> tuple[torch.nn.Module, tuple[Any, Any]]:
-    """The MLP and synthetic Gaussian data of one task (deterministic in ``seed``).
+    """The MLP and synthetic Gaussian data of one MLP-grid task (deterministic in ``seed``).
 
     Inputs X (N, d) ~ N(0, 1); targets N(0, 1) (N, K) for "mse"/"logcosh", uniform class
     indices (N,) for "cross_entropy". Widths ``[d] + [width] * depth + [K]``, float64.
@@ -245,84 +362,9 @@ def build_problem(settings: Mapping[str, Any]) -> tuple[torch.nn.Module, tuple[A
     return model, (x, y)
 
 
-def _solve_settings(s: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("input_dim", "output_dim", "num_samples", "width", "depth", "activation", "bias",
-            "loss", "kind", "method", "seed", "rtol", "atol", "max_matvecs", "block_size")
-    return {k: s[k] for k in keys}
-
-
-class _Throttle:
-    """Per-block callback that sleeps, then calls the saver (a testing aid for pre-emption)."""
-
-    def __init__(self, saver: CheckpointSaver, seconds: float) -> None:
-        self.saver, self.seconds = saver, seconds
-
-    def __call__(self, state: Any) -> None:
-        if self.seconds > 0:
-            time.sleep(self.seconds)
-        self.saver(state)
-
-
 def run_task(settings: Mapping[str, Any], out_dir: str | Path, *,
-             handler: PreemptionHandler | None = None) -> dict[str, Any]:
-    """Run one task and write its record ``task-<i>.json`` atomically into ``out_dir``.
+             handler: Any = None) -> dict[str, Any]:
+    """Run one task and write its record (see :func:`scalable_hrank.sweep_task.run_task`)."""
+    from scalable_hrank.sweep_task import run_task as run
 
-    ``method="exact"`` calls :func:`scalable_hrank.exact_rank`; other methods call
-    :func:`scalable_hrank.estimate_rank` with a checkpoint ``task-<i>.ckpt`` (saved every
-    ``checkpoint_every`` seconds and on a pre-emption signal caught by ``handler``), resumed
-    when present and removed after the record is written.
-
-    Args:
-        settings: One task's settings (:meth:`SweepConfig.task`).
-        out_dir: Output folder (created).
-        handler: Active pre-emption handler, or None.
-
-    Returns:
-        The record: ``task``, ``status`` ("ok" or "failed"), ``settings``, ``result``
-        (``RankResult.to_dict`` without eigenvalues), ``exact_rank`` (when computed),
-        ``error`` (when failed), ``seconds``.
-
-    Raises:
-        Preempted: After saving the checkpoint, when ``handler`` caught a signal (no record
-            is written; rerun the task to resume).
-    """
-    import scalable_hrank as hr
-
-    s = {**DEFAULTS, **settings}
-    index = int(s.get("task", 0))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"task": index, "sweep": s.get("sweep"), "settings": dict(settings)}
-    t0 = time.perf_counter()
-    try:
-        model, data = build_problem(s)
-        common = {"rtol": s["rtol"], "atol": s["atol"]}
-        if s["method"] == "exact":
-            res = hr.exact_rank(model, s["loss"], data, s["kind"], **common)
-            record["exact_rank"] = res.rank
-        else:
-            fp = fingerprint(model.parameters(), data, _solve_settings(s))
-            saver = CheckpointSaver(out / f"task-{index:05d}.ckpt", fp,
-                                    every_seconds=float(s["checkpoint_every"]), handler=handler)
-            resume = saver.load()
-            res = hr.estimate_rank(model, s["loss"], data, s["kind"], method=s["method"],
-                                   seed=int(s["seed"]), max_matvecs=s["max_matvecs"],
-                                   block_size=int(s["block_size"]),
-                                   on_block=_Throttle(saver, float(s["throttle_seconds"])),
-                                   resume_state=resume, **common)
-            record["resumed"] = resume is not None
-            if s["compare_exact"]:
-                record["exact_rank"] = hr.exact_rank(model, s["loss"], data, s["kind"],
-                                                     **common).rank
-        record.update(status="ok", result=res.to_dict(eigenvalues=False))
-    except Preempted:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failed task is recorded for `hrank collect`
-        logger.exception("task %d failed", index)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc())
-    record["seconds"] = time.perf_counter() - t0
-    atomic_write_text(result_path(out, index), json.dumps(record, indent=2, default=str) + "\n")
-    if record["status"] == "ok" and s["method"] != "exact":
-        saver.remove()
-    return record
+    return run(settings, out_dir, handler=handler)

@@ -1,8 +1,12 @@
 """hrank collect DIR: gather the per-task records of a sweep into one CSV and JSON table.
 
-Missing tasks (no record) and failed ones are listed on stderr; exit code 1 if there is any,
-0 otherwise. The expected task count comes from ``--config`` or ``sweep.json`` (written by
-``hrank submit sweep``) in DIR; without either, from the highest task index found.
+One row per (task, kind) with the columns of :data:`COLUMNS` (block, n, rank, the interval,
+its guarantee, products, seconds, the formula bound) and one column per sweep setting (named
+``setting_<key>`` where a result column has the same name). ``results.json`` is
+``{"num_tasks", "rows", "missing", "failed"}``. Missing tasks (no record) and failed ones are
+listed on stderr; exit code 1 if there is any, 0 otherwise. The expected task count comes from
+``--config``, ``tasks.json`` (written by ``hrank sweep --local`` and ``hrank submit sweep``) or
+``sweep.json`` in DIR; without any, from the highest task index found.
 """
 
 from __future__ import annotations
@@ -16,10 +20,33 @@ from pathlib import Path
 from typing import Any
 
 from scalable_hrank._io import atomic_write_text
+from scalable_hrank.errors import InputError
 
-#: Result fields copied into the table.
-RESULT_COLUMNS = ("rank", "n", "kind", "method", "tol", "matvecs", "seconds", "certified",
-                  "rank_low", "rank_high", "confidence")
+#: Result columns of every row, in this order (the settings follow).
+COLUMNS = ("task", "status", "block", "kind", "n", "rank", "rank_low", "rank_high", "guarantee",
+           "certified", "confidence", "method", "matvecs", "seconds", "bound", "bound_reason",
+           "tol", "exact_rank", "wall_seconds", "error")
+_KINDS = ("loss", "outer", "functional")
+
+
+def guarantee_of(result: dict[str, Any]) -> str:
+    """What a result's rank is: "exact", "certified", "estimate", "bound" or "unreliable".
+
+    Uses the result's own ``guarantee`` when it has one; otherwise derives it: the dense
+    method is exact, a certificate makes it certified, a converged stochastic count is an
+    estimate (with its interval), an uncertified count with an interval is a bound.
+    """
+    if result.get("guarantee"):
+        return str(result["guarantee"])
+    if result.get("method") == "exact":
+        return "exact"
+    if result.get("certified"):
+        return "certified"
+    if (result.get("extra") or {}).get("converged"):
+        return "estimate"
+    if result.get("rank_low") is not None or result.get("rank_high") is not None:
+        return "bound"
+    return "unreliable"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,12 +61,59 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _expected(folder: Path, num_tasks: int | None, records: dict[int, dict[str, Any]]
+              ) -> tuple[int, dict[int, dict[str, Any]]]:
+    """The number of tasks and the settings of each one (from tasks.json, when present)."""
+    listed: dict[int, dict[str, Any]] = {}
+    task_list = folder / "tasks.json"
+    if task_list.exists():
+        doc = json.loads(task_list.read_text())
+        listed = {int(t["task"]): t for t in doc.get("tasks", [])}
+        num_tasks = int(doc["num_tasks"]) if num_tasks is None else num_tasks
+    manifest = folder / "sweep.json"
+    if num_tasks is None and manifest.exists():
+        num_tasks = int(json.loads(manifest.read_text())["num_tasks"])
+    if num_tasks is None:
+        num_tasks = max(records, default=-1) + 1
+    return num_tasks, listed
+
+
+def _rows(index: int, rec: dict[str, Any] | None, settings: dict[str, Any]
+          ) -> list[dict[str, Any]]:
+    """The rows of one task: one per kind it ran (or was to run)."""
+    status = "missing" if rec is None else rec.get("status", "failed")
+    rec = rec or {}
+    results = rec.get("results") or ({settings.get("kind"): rec["result"]}
+                                     if rec.get("result") else {})
+    if not results:
+        kind = settings.get("kind")
+        results = {k: {} for k in (_KINDS if kind == "all" else (kind or "",))}
+    extra = {(f"setting_{k}" if k in COLUMNS else k): v for k, v in settings.items()
+             if k not in ("task", "sweep", "block")}
+    rows = []
+    for kind, res in results.items():
+        bound = (rec.get("bounds") or {}).get(kind) or {}
+        exact = (rec.get("exact_ranks") or {}).get(kind, rec.get("exact_rank")
+                                                    if len(results) == 1 else None)
+        row = {"task": index, "status": status, "block": settings.get("block") or "",
+               "kind": kind, **{k: res.get(k) for k in ("n", "rank", "rank_low", "rank_high")},
+               "guarantee": guarantee_of(res) if res else None,
+               **{k: res.get(k) for k in ("certified", "confidence", "method", "matvecs",
+                                          "seconds")},
+               "bound": bound.get("bound"), "bound_reason": bound.get("reason"),
+               "tol": res.get("tol"), "exact_rank": exact, "wall_seconds": rec.get("seconds"),
+               "error": rec.get("error")}
+        rows.append({**row, **extra})
+    return rows
+
+
 def collect(folder: Path, num_tasks: int | None = None) -> dict[str, Any]:
     """Read every ``task-*.json`` in ``folder``.
 
     Returns:
-        ``{"rows": [...], "missing": [indices], "failed": [indices], "num_tasks": n}``; one
-        row per expected task (missing ones with status "missing").
+        ``{"num_tasks": n, "rows": [...], "missing": [indices], "failed": [indices]}``: one
+        row per (task, kind); missing tasks have status "missing" (one row per kind when
+        ``tasks.json`` gives their settings).
     """
     records: dict[int, dict[str, Any]] = {}
     for path in sorted(folder.glob("task-*.json")):
@@ -50,40 +124,25 @@ def collect(folder: Path, num_tasks: int | None = None) -> dict[str, Any]:
             index = int(path.stem.split("-")[1])
             records[index] = {"task": index, "status": "failed",
                               "error": f"unreadable record {path.name}: {exc}"}
-    if num_tasks is None:
-        manifest = folder / "sweep.json"
-        if manifest.exists():
-            num_tasks = int(json.loads(manifest.read_text())["num_tasks"])
-        else:
-            num_tasks = max(records, default=-1) + 1
+    num_tasks, listed = _expected(folder, num_tasks, records)
     rows, missing, failed = [], [], []
     for i in range(num_tasks):
         rec = records.get(i)
+        settings = dict((rec or {}).get("settings") or listed.get(i) or {})
         if rec is None:
             missing.append(i)
-            rows.append({"task": i, "status": "missing"})
-            continue
-        row: dict[str, Any] = {"task": i, "status": rec.get("status", "failed")}
-        settings = {k: v for k, v in rec.get("settings", {}).items() if k not in ("task",)}
-        row.update(settings)
-        result = rec.get("result") or {}
-        row.update({f"result_{k}" if k in settings else k: result.get(k)
-                    for k in RESULT_COLUMNS})
-        row["exact_rank"] = rec.get("exact_rank")
-        row["wall_seconds"] = rec.get("seconds")
-        row["error"] = rec.get("error")
-        if row["status"] != "ok":
+        elif rec.get("status") != "ok":
             failed.append(i)
-        rows.append(row)
+        rows += _rows(i, rec, settings)
     return {"num_tasks": num_tasks, "rows": rows, "missing": missing, "failed": failed}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    columns: list[str] = []
+    columns: list[str] = list(COLUMNS)
     for row in rows:
         columns += [k for k in row if k not in columns]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -93,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``hrank collect``; return the exit code."""
     if not args.dir.is_dir():
         msg = f"{args.dir} is not a folder"
-        raise FileNotFoundError(msg)
+        raise InputError(msg)
     num_tasks = None
     if args.config is not None:
         from scalable_hrank.sweep import load_config
@@ -110,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"missing tasks: {_ranges(table['missing'])}\n")
     if table["failed"]:
         sys.stderr.write(f"failed tasks: {_ranges(table['failed'])}\n")
-        for row in table["rows"]:
-            if row["status"] not in ("ok", "missing"):
-                sys.stderr.write(f"  task {row['task']}: {row.get('error')}\n")
+        for i in table["failed"]:
+            row = next(r for r in table["rows"] if r["task"] == i)
+            sys.stderr.write(f"  task {i}: {row.get('error')}\n")
     return 1 if table["missing"] or table["failed"] else 0
 
 

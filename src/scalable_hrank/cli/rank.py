@@ -23,6 +23,7 @@ import torch
 
 from scalable_hrank import __version__
 from scalable_hrank._io import atomic_write_text
+from scalable_hrank.models.problem import MODEL_OPTION_KEYS, add_model_arguments
 from scalable_hrank.operators import KINDS
 from scalable_hrank.rank import METHODS, estimate_rank
 from scalable_hrank.result import RankResult
@@ -36,7 +37,7 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _CONFIG_KEYS = ("model", "data", "samples", "loss", "params", "kind", "method", "rtol", "atol",
                 "seed", "max_matvecs", "block_size", "dtype", "device", "out", "checkpoint",
                 "checkpoint_every", "probes", "parts_bound", "distributed", "progress",
-                "memory")
+                "memory", *MODEL_OPTION_KEYS)
 
 
 def _density_options(s: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML/JSON/YAML file with any of the options below "
                                     "(flags given on the command line win)")
     p.add_argument("--model", help="mlp:WIDTHS[:ACTIVATION][:bias] (e.g. mlp:64,12,12,10:tanh), "
-                                   "hf:minilm, hf:PATH, file:CKPT, module:function "
+                                   "hf:minilm, hf:PATH, timm:NAME, torchvision:NAME, file:CKPT "
+                                   "(with --builder), module:function, file.py:function "
                                    "(default mlp:64,12,12,10)")
     p.add_argument("--data", help="for mlp: digits (default) | gaussian | FILE.pt; for other "
                                   "models a text or tensor file (default: built-in sample)")
@@ -90,6 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", default=None,
                    help="torch.distributed data parallel (torchrun / srun env)")
     p.add_argument("--progress", action="store_true", default=None, help="tqdm progress bar")
+    add_model_arguments(p)
     return p
 
 
@@ -138,45 +141,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _mlp_problem(spec: str, s: dict[str, Any]) -> tuple[Any, str, Any, str]:
-    from scalable_hrank.data.digits import digits, gaussian
-    from scalable_hrank.models.mlp import describe, mlp
-
-    parts = spec.split(":")[1:]
-    if not parts or not parts[0]:
-        msg = "mlp spec needs widths, e.g. mlp:64,12,12,10[:tanh][:bias]"
-        raise ValueError(msg)
-    widths = [int(w) for w in parts[0].replace("-", ",").split(",")]
-    activation = next((p for p in parts[1:] if p != "bias"), "linear")
-    bias = "bias" in parts[1:]
-    loss = s.get("loss") or "cross_entropy"
-    source = s.get("data") or "digits"
-    if source == "digits":
-        if widths[0] != 64 or widths[-1] != 10:
-            msg = f"digits data needs widths 64,...,10; got {widths}"
-            raise ValueError(msg)
-        data = digits(int(s["samples"]), loss=loss)
-    elif source == "gaussian":
-        data = gaussian(int(s["samples"]), widths[0], widths[-1], loss=loss, seed=int(s["seed"]))
-    else:
-        blob = torch.load(source, weights_only=True)
-        data = (blob["inputs"], blob["targets"])
-    model = mlp(widths, activation=activation, bias=bias, seed=int(s["seed"]))
-    return model, loss, data, f"{describe(widths, activation, bias)} on {source}"
-
-
 def _problem(s: dict[str, Any]) -> tuple[Any, Any, Any, str]:
-    spec = str(s["model"])
-    if spec.startswith("mlp:"):
-        return _mlp_problem(spec, s)
-    from scalable_hrank.models import load_model_spec
+    from scalable_hrank.models.problem import build_problem, check_selection
 
-    bundle = load_model_spec(spec, data=s.get("data"), loss=s.get("loss"),
-                             seed=int(s["seed"]), device=s.get("device"))
-    if bundle.data is None:
-        msg = f"model {spec} comes with no data; pass --data"
-        raise ValueError(msg)
-    return bundle.model, bundle.loss, bundle.data, bundle.description
+    problem = build_problem(s)
+    check_selection(problem.model, s.get("params"), problem.unused)
+    return problem.model, problem.loss, problem.data, problem.description
 
 
 def _bytes(text: Any) -> int | None:

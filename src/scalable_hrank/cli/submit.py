@@ -182,8 +182,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(script)
         return 0
     if manifest is not None:
-        out = Path(manifest["out"])
+        from scalable_hrank.sweep import check_writable, load_config, write_task_list
+
+        out = check_writable(manifest["out"])
         (out / "logs").mkdir(parents=True, exist_ok=True)
+        write_task_list(load_config(manifest["config"]), out)
     try:
         job = slurm.sbatch(script, args=extra)
     except slurm.SlurmError as exc:

@@ -38,7 +38,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hrank sweep``; return the exit code."""
-    from scalable_hrank.sweep import load_config, result_path, run_task
+    from scalable_hrank.sweep import (
+        check_writable,
+        load_config,
+        result_path,
+        run_task,
+        write_task_list,
+    )
 
     cfg = load_config(args.config)
     out = args.out or Path("hrank-out") / cfg.name
@@ -53,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
                          f"{', '.join(f'{k}[{len(v)}]' for k, v in cfg.axes) or 'none'}\n")
         return 0
     indices = [args.task] if args.task is not None else range(cfg.num_tasks)
+    check_writable(out)  # before any product
+    if args.local:
+        write_task_list(cfg, out)
     failed = 0
     with PreemptionHandler() as handler:
         for i in indices:
@@ -76,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 sys.stderr.write(f"task {i} failed: {record.get('error')}\n")
             else:
-                res = record["result"]
-                sys.stdout.write(f"task {i}: rank {res['rank']} of n={res['n']} "
+                ranks = ", ".join(f"{kind} {res['rank']}" for kind, res in
+                                  record["results"].items())
+                res = next(iter(record["results"].values()))
+                sys.stdout.write(f"task {i}: rank {ranks} of n={res['n']} "
                                  f"({res['method']}, {record['seconds']:.2f}s) -> {path}\n")
     return 1 if failed else 0

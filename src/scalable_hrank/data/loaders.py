@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scalable_hrank.errors import InputError
+
 from .samples import sample_sentences
 
 __all__ = ["load_data", "read_sentences", "tokenized_batches", "load_tensor_file",
@@ -194,9 +196,43 @@ def count_samples(batches: Sequence[Batch]) -> int:
     return sum(int(b[1].shape[0]) for b in batches)
 
 
+def read_labels(path: str | Path, count: int, task: Any) -> Tensor:
+    """Class labels (count,) int64 from a file with one integer per line (blank lines skipped).
+
+    Raises:
+        InputError: The file is missing, a line is not an integer, the count differs from the
+            sentences', a label is outside [0, classes), or the task is not classification.
+    """
+    path = Path(path)
+    if getattr(task, "name", None) != "classification":
+        msg = (f"labels {str(path)!r} need the classification task (--task classification); "
+               f"the model's task is {getattr(task, 'name', None)!r}")
+        raise InputError(msg)
+    if not path.is_file():
+        msg = f"labels file {str(path)!r} does not exist"
+        raise InputError(msg)
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    bad = [ln for ln in lines if not ln.lstrip("-").isdigit()]
+    if bad:
+        msg = f"labels file {str(path)!r}: every line must be an integer; got {bad[0]!r}"
+        raise InputError(msg)
+    if len(lines) < count:
+        msg = (f"labels file {str(path)!r} has {len(lines)} labels for {count} sentences; "
+               "give one per sentence")
+        raise InputError(msg)
+    values = torch.tensor([int(v) for v in lines[:count]], dtype=torch.int64)
+    classes = int(task.output_dim)
+    if values.min() < 0 or values.max() >= classes:
+        msg = (f"labels file {str(path)!r}: labels must lie in [0, {classes}) (the model's "
+               f"classes; --num-classes sets a new head); got {int(values.min())} to "
+               f"{int(values.max())}")
+        raise InputError(msg)
+    return values
+
+
 def load_data(source: str | Path | None = None, *, tokenizer: Any = None, task: Any = None,
               batch_size: int = 16, max_length: int = 128, num_samples: int | None = None,
-              seed: int = 0) -> list[Batch]:
+              seed: int = 0, labels: str | Path | None = None) -> list[Batch]:
     """Load batches from a text file, a tensor file, or the built-in sentences.
 
     Args:
@@ -210,6 +246,8 @@ def load_data(source: str | Path | None = None, *, tokenizer: Any = None, task: 
         num_samples: Keep the first this many sentences (text sources; the built-in sample
             cycles when larger than 16).
         seed: Seed for random targets / masks.
+        labels: A file of integer class labels, one per sentence (classification tasks;
+            overrides labels given in the text file).
 
     Returns:
         A list of ``(inputs, targets)`` batches on the CPU.
@@ -218,7 +256,7 @@ def load_data(source: str | Path | None = None, *, tokenizer: Any = None, task: 
         ValueError: If the source type is unknown or text comes without tokenizer/task.
         FileNotFoundError: If ``source`` does not exist.
     """
-    labels = None
+    label_file, labels = labels, None
     if source is None:
         sentences = sample_sentences(num_samples)
     else:
@@ -241,6 +279,8 @@ def load_data(source: str | Path | None = None, *, tokenizer: Any = None, task: 
         msg = ("text data needs a model with a tokenizer and a task (an hf: model); "
                "give a tensor file (.pt with inputs/targets) instead")
         raise ValueError(msg)
+    if label_file is not None:
+        labels = read_labels(label_file, len(sentences), task)
     batches = tokenized_batches(sentences, tokenizer, task, batch_size=batch_size,
                                 max_length=max_length, seed=seed, labels=labels)
     logger.info("data: %d sentences in %d batches (%s)", len(sentences), len(batches),

@@ -2,6 +2,7 @@
 
 from .attention import attention_implementation, ensure_double_backward_attention, math_sdpa
 from .hf import HFModule, detect_task, load_hf, minilm_path, wrap_hf_model
+from .outputs import SelectOutput
 from .params import freeze_except, match_parameters, select_parameters, split_patterns
 from .sources import SCHEMES, ModelBundle, load_model_spec, load_state_dict_file, parse_spec
 from .tasks import TASK_NAMES, Task, call_model
@@ -11,6 +12,7 @@ __all__ = [
     "HFModule",
     "ModelBundle",
     "SCHEMES",
+    "SelectOutput",
     "TASK_NAMES",
     "Task",
     "UnusedParameters",

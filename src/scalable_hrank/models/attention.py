@@ -11,11 +11,11 @@ differentiable ops, so it supports any order of derivative at the cost of materi
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from torch import nn
+
+from scalable_hrank.operators.outputs import differentiable_attention
 
 __all__ = ["ensure_double_backward_attention", "math_sdpa", "attention_implementation",
            "SAFE_ATTENTION"]
@@ -64,9 +64,9 @@ def ensure_double_backward_attention(model: nn.Module) -> bool:
     Hugging Face models (and wrappers exposing ``hf_model``) whose
     ``config._attn_implementation`` is not ``"eager"`` are switched with
     ``set_attn_implementation("eager")`` (transformers >= 4.48), else by setting the
-    config attribute on every sub-config. A message is logged at WARNING level. Plain
-    ``torch.nn.MultiheadAttention`` modules call SDPA internally; they cannot be switched in
-    place, so a message recommends running products inside :func:`math_sdpa`.
+    config attribute on every sub-config. A message is logged at WARNING level. Modules that
+    call ``scaled_dot_product_attention`` (``nn.MultiheadAttention``, timm ViTs) need nothing:
+    the products run it on its math backend.
 
     Args:
         model: The module, modified in place.
@@ -97,23 +97,10 @@ def ensure_double_backward_attention(model: nn.Module) -> bool:
             "products); switched %s to 'eager' (math path, materialises T x T scores)",
             impl, type(hf).__name__)
         changed = True
-    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-        logger.info("nn.MultiheadAttention calls scaled_dot_product_attention; run products "
-                    "inside scalable_hrank.models.math_sdpa() to force the math backend")
     return changed
 
 
-@contextlib.contextmanager
-def math_sdpa() -> Iterator[None]:
-    """Restrict ``torch.nn.functional.scaled_dot_product_attention`` to its math backend.
-
-    The math backend is composed of differentiable ops, so double backward works; the fused
-    flash / memory-efficient / cuDNN backends are disabled inside the block.
-
-    Yields:
-        None.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([SDPBackend.MATH]):
-        yield
+#: Restricts ``scaled_dot_product_attention`` to its math backend; every product already
+#: runs inside it (``scalable_hrank.operators.outputs``), so users need it only for their own
+#: double-backward code.
+math_sdpa = differentiable_attention

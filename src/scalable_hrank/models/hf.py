@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scalable_hrank.errors import InputError
+
 from .attention import ensure_double_backward_attention
 from .tasks import TASK_NAMES, Task, select_outputs
 
@@ -230,6 +232,7 @@ def load_hf(path_or_id: str, *, task: str | None = None, dtype: torch.dtype | No
     Raises:
         ModuleNotFoundError: If transformers is missing.
         ValueError: If ``task`` is unknown.
+        InputError: A hub id that is not cached while offline, or that cannot be fetched.
     """
     try:
         import transformers
@@ -240,7 +243,15 @@ def load_hf(path_or_id: str, *, task: str | None = None, dtype: torch.dtype | No
     resolved = resolve_hf_path(path_or_id)
     path = Path(resolved)
     st = _sentence_transformer_info(path) if path.is_dir() else None
-    config = transformers.AutoConfig.from_pretrained(resolved)
+    if not path.is_dir():
+        _check_hub_access(resolved)
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolved)
+    except OSError as exc:
+        msg = (f"hf:{path_or_id}: no local folder of that name and the Hugging Face hub did not "
+               f"provide it ({str(exc).splitlines()[0]}); give a local path, or download it "
+               "first on a machine with network access")
+        raise InputError(msg) from exc
     if task is None:
         task = detect_task(config, sentence_transformer=st is not None)
     if task not in TASK_NAMES:
@@ -268,6 +279,27 @@ def load_hf(path_or_id: str, *, task: str | None = None, dtype: torch.dtype | No
     if task == "embedding":
         desc += f" ({pooling} pooling{', normalised' if normalize else ''})"
     return module, tokenizer, make_task(task, hf_model, tokenizer), desc
+
+
+def _check_hub_access(repo_id: str) -> None:
+    """Fail at once for a hub id that is not cached while the hub is offline (no retries).
+
+    Raises:
+        InputError: ``HF_HUB_OFFLINE`` is set and no cached ``config.json`` exists.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id (e.g. a path that does not exist)
+        cached = None
+    if not isinstance(cached, str):
+        msg = (f"hf:{repo_id} is neither a local folder nor in the Hugging Face cache "
+               f"({constants.HF_HUB_CACHE}), and the hub is offline (HF_HUB_OFFLINE=1); "
+               "download it on a machine with network access or give a local path")
+        raise InputError(msg)
 
 
 def max_length_of(tokenizer: Any, default: int = 128) -> int:

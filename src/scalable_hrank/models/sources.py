@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import logging
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from ..data.loaders import batch_to, load_data, load_tensor_file
 from ..data.samples import random_images, random_token_ids
+from ..operators.outputs import model_outputs
 from .tasks import call_model
 from .unused import exclude_unused, find_unused_parameters
 
@@ -134,17 +136,36 @@ def _resolve_function(target: str) -> Callable[..., Any]:
         if not _IDENT.match(mod_name):
             msg = f"{mod_name!r} in spec {target!r} is not a module name"
             raise ValueError(msg)
-        try:
-            module = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            msg = (f"model spec {target!r}: module {mod_name!r} cannot be imported ({exc}); "
-                   f"known prefixes are {', '.join(s + ':' for s in SCHEMES)}")
-            raise ValueError(msg) from exc
+        module = _import_module(mod_name, target)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         msg = f"model spec {target!r}: {mod_name!r} has no callable {fn_name!r}"
         raise ValueError(msg)  # noqa: TRY004 - a wrong spec value, not a wrong argument type
     return fn
+
+
+def _import_module(mod_name: str, target: str) -> Any:
+    """Import ``mod_name`` from ``sys.path``, then from the working directory.
+
+    A builder module next to the user (``mycnn.py`` in the current folder) imports without
+    ``PYTHONPATH=.``; the error says where it looked.
+    """
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        top = mod_name.split(".")[0]
+        if exc.name not in (top, mod_name):
+            raise  # the module was found, but it imports something that is missing
+        cwd = str(Path.cwd())
+        if cwd not in sys.path and (Path(cwd, top).is_dir() or Path(cwd, top + ".py").is_file()):
+            sys.path.insert(0, cwd)
+            logger.info("imported %s from the working directory %s", mod_name, cwd)
+            return importlib.import_module(mod_name)
+        msg = (f"model spec {target!r}: module {mod_name!r} cannot be imported: not on the "
+               f"Python path and no {top}.py or {top}/ in the working directory {cwd}; give "
+               f"a file path (path/to/{top}.py:function) or set PYTHONPATH; known prefixes "
+               f"are {', '.join(s + ':' for s in SCHEMES)}")
+        raise ValueError(msg) from exc
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -187,7 +208,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
 
 def _load_weights(model: nn.Module, weights: str | Path) -> None:
     sd = load_state_dict_file(weights)
-    result = model.load_state_dict(sd, strict=False)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shapes that differ (e.g. another number of classes)
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        msg = f"weights {str(weights)!r} do not fit the model: {detail}"
+        raise ValueError(msg) from exc
     if result.missing_keys or result.unexpected_keys:
         msg = (f"weights {str(weights)!r} do not fit the model: missing "
                f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}")
@@ -221,7 +247,7 @@ def _example_batch(model: nn.Module, input_shape: tuple[int, ...] | None, n: int
         if ex is not None:
             if attr == "example_batch":
                 return ex
-            out = call_model(model, ex)
+            out = model_outputs(call_model(model, ex))
             return ex, _targets_for(out, gen)
     if input_shape is None:
         return None
@@ -230,7 +256,7 @@ def _example_batch(model: nn.Module, input_shape: tuple[int, ...] | None, n: int
     if first is not None and first.dtype.is_floating_point:
         x = x.to(first.dtype)
     with torch.no_grad():
-        out = model(x)
+        out = model_outputs(call_model(model, x))
     return x, _targets_for(out, gen)
 
 
@@ -253,6 +279,7 @@ def load_model_spec(
     task: str | None = None,
     loss: str | Callable[[Tensor, Tensor], Tensor] | None = None,
     data: str | Path | list[Batch] | None = None,
+    labels: str | Path | None = None,
     batch_size: int = 16,
     max_length: int = 128,
     num_samples: int | None = None,
@@ -281,6 +308,8 @@ def load_model_spec(
         data: A text / tensor file, or ready batches; None for the default sample (the
             built-in 16 sentences for text models, ``num_samples`` (default 4) random images
             for vision models, the builder's example batch otherwise).
+        labels: A file of integer class labels, one per sentence of the text data (hf
+            classification).
         batch_size: Samples per batch.
         max_length: Token truncation length (text).
         num_samples: Number of sentences / images of the default sample.
@@ -318,7 +347,7 @@ def load_model_spec(
             make_data = functools.partial(
                 load_data, tokenizer=tokenizer, task=task_obj, batch_size=batch_size,
                 max_length=min(max_length, max_length_of(tokenizer, max_length)),
-                num_samples=num_samples, seed=seed)
+                num_samples=num_samples, seed=seed, labels=labels)
             if not isinstance(data, list):
                 default = make_data(data)
         elif not isinstance(data, list) and data is None:
@@ -327,6 +356,9 @@ def load_model_spec(
             default = [task_obj.make_batch(enc, generator=gen)]
         default_loss = task_obj.loss
     else:
+        if labels is not None:
+            msg = f"labels are for hf: classification models; model {spec!r} takes --data"
+            raise ValueError(msg)
         if scheme in ("timm", "torchvision"):
             module = _vision_model(scheme, target, spec, num_classes)
             input_shape = input_shape or (3, 224, 224)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scalable_hrank.operators.outputs import differentiable_attention
+
 __all__ = ["Task", "TASK_NAMES", "call_model"]
 
 #: Tasks understood by :class:`Task` and ``load_model_spec(task=...)``.
@@ -47,13 +49,14 @@ def call_model(model: Callable[..., Tensor], inputs: Any) -> Tensor:
         inputs: A Tensor, a tuple/list of positional inputs, or a Mapping of keyword inputs.
 
     Returns:
-        The model output.
+        The model output. Attention runs on the math SDPA backend, as in the products.
     """
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+    with differentiable_attention():
+        if isinstance(inputs, Mapping):
+            return model(**inputs)
+        if isinstance(inputs, (tuple, list)):
+            return model(*inputs)
+        return model(inputs)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..operators.losses import resolve_loss
+from ..operators.outputs import model_outputs
 from .tasks import call_model
 
 __all__ = ["UnusedParameters", "find_unused_parameters", "exclude_unused"]
@@ -69,7 +70,7 @@ def find_unused_parameters(model: nn.Module, loss: str | Callable[[Tensor, Tenso
         return UnusedParameters((), ())
     inputs, targets = batch
     with torch.enable_grad():
-        out = call_model(model, inputs)
+        out = model_outputs(call_model(model, inputs))
         value = loss_fn(out, targets)
         grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True,
                                     retain_graph=True)

@@ -16,6 +16,7 @@ from scalable_hrank._validation import check_choice
 from scalable_hrank.errors import NonFiniteError
 from scalable_hrank.operators.batches import Batch, BatchSource, call_model
 from scalable_hrank.operators.losses import LossFn, check_targets, resolve_loss
+from scalable_hrank.operators.outputs import differentiable_attention, model_outputs
 from scalable_hrank.operators.params import ParameterSpace, parameter_space
 from scalable_hrank.operators.products import FACTORIES, MatVec, Params
 
@@ -121,13 +122,9 @@ class CurvatureOperator:
         fixed, names, model = self.space.fixed, self.space.names, self.model
 
         def forward(theta: Params) -> Tensor:
-            out = call_model(model, {**fixed, **dict(zip(names, theta, strict=True))},
-                             batch.inputs)
-            if not isinstance(out, Tensor):
-                msg = (f"model returned {type(out).__name__}, not a Tensor; wrap it so that "
-                       "it returns the outputs the loss acts on")
-                raise TypeError(msg)
-            return out
+            with differentiable_attention():
+                return model_outputs(call_model(
+                    model, {**fixed, **dict(zip(names, theta, strict=True))}, batch.inputs))
 
         return forward
 
@@ -138,10 +135,9 @@ class CurvatureOperator:
                   self.space.unflatten(self.theta).values()]
         params = dict(zip(self.space.names, leaves, strict=True))
         with torch.enable_grad():
-            out = call_model(self.model, {**self.space.fixed, **params}, batch.inputs)
-            if not isinstance(out, Tensor):
-                msg = f"model returned {type(out).__name__}, not a Tensor"
-                raise TypeError(msg)
+            with differentiable_attention():
+                out = model_outputs(call_model(self.model, {**self.space.fixed, **params},
+                                               batch.inputs))
             if self.loss_name in ("mse", "cross_entropy", "logcosh"):
                 check_targets(self.loss_name, out, batch.targets)
             value = self._loss_fn(out, batch.targets)

@@ -12,6 +12,10 @@ gradient on a 930k-parameter MLP and 1.9-2.0x on MiniLM, against 2.6-3.2x with
 ``cache=False`` (docs/benchmarks.md). Memory per batch: the activations plus the first
 backward's intermediates.
 
+Forwards: the caller's ``forward`` returns the output tensor and runs attention on a
+twice-differentiable kernel (``operators.outputs``); a kernel without a double derivative is
+refused with an InputError naming it, at build or product time.
+
 Blocks: the caller maps the columns of a block (a loop or one ``torch.func.vmap``, chosen in
 curvature.py). The closures run with autograd recording off, so a product builds no graph of
 its own (``torch.func``'s vjp would otherwise record one that nobody differentiates).
@@ -19,6 +23,7 @@ its own (``torch.func``'s vjp would otherwise record one that nobody differentia
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +37,7 @@ from scalable_hrank.operators.losses import (
     output_hessian_matmul,
     residual,
 )
+from scalable_hrank.operators.outputs import refuse_single_derivative_kernels
 
 Params = tuple[Tensor, ...]
 Forward = Callable[[Params], Tensor]
@@ -39,14 +45,25 @@ MatVec = Callable[[Params], Params]
 
 
 def _without_graph(mv: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``mv`` run with autograd recording off."""
+    """``mv`` run with autograd recording off; a kernel without a double derivative refused."""
     def matvec(v: Any) -> Any:
-        with torch.no_grad():
+        with torch.no_grad(), refuse_single_derivative_kernels():
             return mv(v)
 
     return matvec
 
 
+def _refusing(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """``factory`` with autograd's "no double derivative" errors raised as InputError."""
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        with refuse_single_derivative_kernels():
+            return factory(*args, **kwargs)
+
+    return build
+
+
+@_refusing
 def loss_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn, targets: Tensor,
                         weight: float) -> tuple[MatVec, Tensor]:
     """V -> w H_b v with H_b the Hessian of the batch's mean loss; also returns the loss.
@@ -62,6 +79,7 @@ def loss_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn, target
     return _without_graph(lambda v: vjp_fn(v)[0]), value
 
 
+@_refusing
 def functional_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn,
                               targets: Tensor, weight: float) -> tuple[MatVec, Tensor]:
     """V -> w H_F,b v, the Hessian of <stopgrad(dl/dF), F(theta)>; also returns the loss.
@@ -97,6 +115,7 @@ def _jacobian_maps(theta: Params, forward: Forward,
     return outputs, (lambda u: vjp_fn(u)[0]), (lambda v: jacobian_fn(v)[0])
 
 
+@_refusing
 def outer_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn, targets: Tensor,
                          weight: float) -> tuple[MatVec, Tensor]:
     """V -> w J^T Q J v (Gauss-Newton), Q = d^2 l / dF^2; also returns the loss.
@@ -111,6 +130,7 @@ def outer_hessian_matvec(theta: Params, forward: Forward, loss_fn: LossFn, targe
     return _without_graph(lambda v: jt(q_matmul(jac(v)) * weight)), value
 
 
+@_refusing
 def output_factor_maps(theta: Params, forward: Forward, loss_fn: LossFn, targets: Tensor,
                        weight: float,
                        ) -> tuple[Callable[[Params], Tensor], Callable[[Tensor], Params],
