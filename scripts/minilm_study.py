@@ -56,10 +56,9 @@ D = 384
 
 
 def _rank_api():
-    from scalable_hrank.exact import exact_rank
     from scalable_hrank.rank import estimate_rank
 
-    return estimate_rank, exact_rank
+    return estimate_rank
 
 
 def _record(res, **extra) -> dict:
@@ -100,7 +99,7 @@ def _plan(b, n, method, expected_rank=None, **kw):
 
 
 def part_density(args) -> list[dict]:
-    estimate_rank, _ = _rank_api()
+    estimate_rank = _rank_api()
     b, tokens = _bundle(args, args.density_sentences, args.max_length)
     n = _n(b.model, args.layer)
     _plan(b, n, "density", probes=args.density_probes, deflation=args.density_deflate)
@@ -134,7 +133,7 @@ def _ints(s: str) -> list[int]:
 
 
 def part_tokens(args) -> list[dict]:
-    estimate_rank, _ = _rank_api()
+    estimate_rank = _rank_api()
     runs = [(args.token_block, 1, L, args.kinds) for L in _ints(args.token_lengths)]
     runs += [(args.token_block, s, args.max_length, args.kinds)
              for s in _ints(args.sentence_counts)]

@@ -199,3 +199,37 @@ def test_user_sdpa_block_equals_its_eager_twin() -> None:
         a = hr.curvature_operator(fused, "cross_entropy", (x, y), kind).to_dense()
         b = hr.curvature_operator(eager, "cross_entropy", (x, y), kind).to_dense()
         assert rel_err(a, b) < 1e-12, kind
+
+
+def test_select_output_swaps_the_models_own_parameters() -> None:
+    """A wrapped model with a parameter of its own (not in a child) is still differentiated."""
+    from scalable_hrank.models import SelectOutput
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.scale = nn.Parameter(torch.tensor([1.5, -0.5, 2.0]))
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"scores": torch.tanh(self.lin(x)) * self.scale}
+
+    class Plain(nn.Module):
+        def __init__(self, inner: Scaled) -> None:
+            super().__init__()
+            self.lin, self.scale = inner.lin, inner.scale
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.lin(x)) * self.scale
+
+    inner = Scaled().double()
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    picked = SelectOutput(inner, "scores")
+    assert [n for n, _ in picked.named_parameters()] == ["scale", "lin.weight", "lin.bias"]
+    ref = dense_curvatures(Plain(inner), "mse", x, y)["loss"]
+    dense = hr.curvature_operator(picked, "mse", (x, y)).to_dense()
+    assert [n for n, _ in Plain(inner).named_parameters()] == ["scale", "lin.weight",
+                                                               "lin.bias"]
+    assert rel_err(dense, ref) < 1e-10
