@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from scalable_hrank.checkpoint import (
+from scalable_hrank.checkpoint import fingerprint
+from scalable_hrank.preemption import (
     PREEMPTED_EXIT_CODE,
     CheckpointSaver,
     Preempted,
     PreemptionHandler,
-    fingerprint,
 )
 
 HRANK = [sys.executable, "-c",

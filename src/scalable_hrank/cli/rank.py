@@ -1,8 +1,15 @@
 """``hrank rank``: the rank of one model's H_L / H_O / H_F, written as JSON with provenance.
 
+The device is "auto" by default: this process's GPU when CUDA is available (LOCAL_RANK's under
+torchrun or srun), else the CPU; model and data are moved there, whatever their source.
+``--out`` and ``--checkpoint`` are checked for writability before any product. With
+``--checkpoint`` a run resumes where it stopped (pre-empted, or out of budget: rerun with a
+larger ``--max-matvecs``), and ``--kind all`` keeps the kinds it finished.
+
 Exit codes: 0 every result exact, certified, or a converged density estimate; 1 a result is
-only a bound (budget exhausted, infeasible density); 2 bad arguments or input; 3 pre-empted
-(state checkpointed: rerun the same command to resume).
+only a bound (budget exhausted, infeasible density); 2 bad arguments, input, files,
+environment or checkpoint; 3 pre-empted (state checkpointed: rerun the same command to
+resume); 4 internal error.
 """
 
 from __future__ import annotations
@@ -15,28 +22,32 @@ import platform
 import socket
 import subprocess
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scalable_hrank import __version__
-from scalable_hrank._io import atomic_write_text
+from scalable_hrank._io import atomic_write_text, check_writable
+from scalable_hrank.cli.errors import EXIT_PREEMPTED
+from scalable_hrank.cli.outcome import exit_code, guarantee_of, summary_line
+from scalable_hrank.cli.progress import ProductBar
+from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerprint
+from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
+from scalable_hrank.errors import InputError
 from scalable_hrank.operators import KINDS
+from scalable_hrank.preemption import Preempted, PreemptionHandler
 from scalable_hrank.rank import METHODS, estimate_rank
 from scalable_hrank.result import RankResult
 
 log = logging.getLogger(__name__)
 
-#: Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint.
-EXIT_PREEMPTED = 3
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Options a config file may set (same names as the flags, with underscores).
 _CONFIG_KEYS = ("model", "data", "samples", "loss", "params", "kind", "method", "rtol", "atol",
                 "seed", "max_matvecs", "block_size", "dtype", "device", "out", "checkpoint",
                 "checkpoint_every", "probes", "parts_bound", "distributed", "progress",
-                "memory")
+                "memory", "threads")
 
 
 def _density_options(s: dict[str, Any]) -> dict[str, Any] | None:
@@ -81,15 +92,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="product dtype (default float64)")
     p.add_argument("--memory", help="memory budget for the plan, e.g. 8G or 512M (default: "
                                     "the device's free memory)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: the model's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: this "
+                                    "process's GPU when CUDA is available, else the CPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this "
+                                               "process may use; SLURM_CPUS_PER_TASK caps it)")
     p.add_argument("--out", help="JSON result file (written atomically)")
-    p.add_argument("--checkpoint", help="checkpoint file: saved periodically and on "
-                                        "SIGUSR1/SIGTERM, resumed when present")
+    p.add_argument("--checkpoint", help="checkpoint file: saved periodically, on "
+                                        "SIGUSR1/SIGTERM and when the budget runs out; resumed "
+                                        "when present (kept while a result is only a bound)")
     p.add_argument("--checkpoint-every", type=float, dest="checkpoint_every",
                    help="seconds between periodic checkpoints (default 300)")
     p.add_argument("--distributed", action="store_true", default=None,
                    help="torch.distributed data parallel (torchrun / srun env)")
-    p.add_argument("--progress", action="store_true", default=None, help="tqdm progress bar")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="progress bar: products, products per second and ETA")
     return p
 
 
@@ -98,7 +114,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         cfg = _read_config(Path(args.config))
     defaults = {"model": "mlp:64,12,12,10", "kind": "loss", "method": "auto", "seed": 0,
-                "block_size": 8, "dtype": "float64", "samples": 100,
+                "block_size": 8, "dtype": "float64", "samples": 100, "device": "auto",
                 "checkpoint_every": 300.0, "distributed": False, "progress": False}
     out = {**defaults, **cfg}
     for key in _CONFIG_KEYS:
@@ -129,13 +145,32 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     if not isinstance(data, dict):
         msg = f"config {path} must hold a mapping of option names to values"
-        raise TypeError(msg)
+        raise InputError(msg)
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(_CONFIG_KEYS))
     if unknown:
         msg = f"config {path}: unknown options {unknown}; known: {list(_CONFIG_KEYS)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     return data
+
+
+def _tensor_file(path: Path) -> tuple[Any, Any]:
+    """``(inputs, targets)`` from a ``torch.save`` file of a dict with those two tensors."""
+    if not path.is_file():
+        msg = f"--data {path}: no such file (give digits, gaussian or a .pt file)"
+        raise InputError(msg)
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        msg = f"--data {path} is not a readable torch.save file ({type(exc).__name__}: {exc})"
+        raise InputError(msg) from exc
+    if not (isinstance(blob, dict) and isinstance(blob.get("inputs"), torch.Tensor)
+            and isinstance(blob.get("targets"), torch.Tensor)):
+        keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        msg = (f"--data {path} must hold a dict with tensors 'inputs' and 'targets'; "
+               f"found {keys}")
+        raise InputError(msg)
+    return blob["inputs"], blob["targets"]
 
 
 def _mlp_problem(spec: str, s: dict[str, Any]) -> tuple[Any, str, Any, str]:
@@ -145,7 +180,7 @@ def _mlp_problem(spec: str, s: dict[str, Any]) -> tuple[Any, str, Any, str]:
     parts = spec.split(":")[1:]
     if not parts or not parts[0]:
         msg = "mlp spec needs widths, e.g. mlp:64,12,12,10[:tanh][:bias]"
-        raise ValueError(msg)
+        raise InputError(msg)
     widths = [int(w) for w in parts[0].replace("-", ",").split(",")]
     activation = next((p for p in parts[1:] if p != "bias"), "linear")
     bias = "bias" in parts[1:]
@@ -154,13 +189,12 @@ def _mlp_problem(spec: str, s: dict[str, Any]) -> tuple[Any, str, Any, str]:
     if source == "digits":
         if widths[0] != 64 or widths[-1] != 10:
             msg = f"digits data needs widths 64,...,10; got {widths}"
-            raise ValueError(msg)
+            raise InputError(msg)
         data = digits(int(s["samples"]), loss=loss)
     elif source == "gaussian":
         data = gaussian(int(s["samples"]), widths[0], widths[-1], loss=loss, seed=int(s["seed"]))
     else:
-        blob = torch.load(source, weights_only=True)
-        data = (blob["inputs"], blob["targets"])
+        data = _tensor_file(Path(source))
     model = mlp(widths, activation=activation, bias=bias, seed=int(s["seed"]))
     return model, loss, data, f"{describe(widths, activation, bias)} on {source}"
 
@@ -172,7 +206,7 @@ def _problem(s: dict[str, Any]) -> tuple[Any, Any, Any, str]:
     from scalable_hrank.models import load_model_spec
 
     bundle = load_model_spec(spec, data=s.get("data"), loss=s.get("loss"),
-                             seed=int(s["seed"]), device=s.get("device"))
+                             seed=int(s["seed"]))
     if bundle.data is None:
         msg = f"model {spec} comes with no data; pass --data"
         raise ValueError(msg)
@@ -214,65 +248,50 @@ def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _progress_callback(enabled: bool, kind: str, n: int) -> Any:
-    if not enabled:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=n, desc=f"{kind} products", unit="mv", file=sys.stderr)
-
-    def update(state: Any) -> None:
-        bar.n = state.num_matvecs
-        bar.set_postfix(basis=state.size)
-        bar.refresh()
-
-    return update, bar
-
-
-def _checkpoint_path(s: dict[str, Any], kind: str) -> Path:
-    suffix = f".{kind}" if s["kind"] == "all" else ""
-    return Path(str(s["checkpoint"]) + suffix)
-
-
-def _one_kind(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selected: Any,
-              dtype: torch.dtype, n: int, stack: ExitStack) -> RankResult | None:
-    """One estimate_rank call with progress and checkpointing; None when pre-empted."""
-    from scalable_hrank.checkpoint import (
-        CheckpointSaver,
-        Preempted,
-        PreemptionHandler,
-        fingerprint,
-    )
-
-    progress, bar = _progress_callback(bool(s["progress"]), kind, n)
-    if bar is not None:
-        stack.callback(bar.close)
-    saver, resume = None, None
-    if s.get("checkpoint"):
-        fp = fingerprint(list(model.parameters()), data,
-                         {**s, "kind": kind, "out": None, "progress": None})
-        handler = stack.enter_context(PreemptionHandler())
-        saver = CheckpointSaver(_checkpoint_path(s, kind), fp,
-                                every_seconds=float(s["checkpoint_every"]), handler=handler)
-        resume = saver.load()
-
-    def on_block(state: Any) -> None:
-        if progress is not None:
-            progress(state)
-        if saver is not None:
-            saver(state.snapshot())
-
+def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selected: Any,
+           dtype: torch.dtype, ckpt: KindCheckpoint | None) -> RankResult:
+    """One estimate_rank call with a progress bar and the kind's checkpoint."""
+    if ckpt is not None and ckpt.result is not None:
+        return ckpt.result
+    method = str(s["method"])
+    budget = s.get("max_matvecs")
+    bar = ProductBar(bool(s["progress"]), f"{kind} {method}", budget, start=0)
+    progress = bar.update if s["progress"] else None
+    on_block = ckpt.on_block(progress) if ckpt is not None else progress
     try:
-        return estimate_rank(
-            model, loss, data, kind, method=str(s["method"]), params=selected,
+        res = estimate_rank(
+            model, loss, data, kind, method=method, params=selected,
             rtol=s.get("rtol"), atol=s.get("atol"), seed=int(s["seed"]),
-            max_matvecs=s.get("max_matvecs"), dtype=dtype, block_size=int(s["block_size"]),
-            memory_bytes=_bytes(s.get("memory")),
-            on_block=on_block if (progress or saver) else None, resume_state=resume,
-            density=_density_options(s))
-    except Preempted as exc:
-        print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
-        return None
+            max_matvecs=budget, dtype=dtype, block_size=int(s["block_size"]),
+            memory_bytes=_bytes(s.get("memory")), on_block=on_block,
+            resume_state=None if ckpt is None else ckpt.state, density=_density_options(s))
+    except BaseException:
+        bar.close()
+        raise
+    bar.finish(res.matvecs)
+    if ckpt is not None:
+        ckpt.finish(res, guarantee_of(res))
+    return res
+
+
+def _check_outputs(s: dict[str, Any], kinds: list[str]) -> None:
+    """Fail now, before any product, if the result or a checkpoint could not be written."""
+    if s.get("out"):
+        check_writable(Path(s["out"]), "--out")
+    if s.get("checkpoint"):
+        for kind in kinds:
+            check_writable(kind_path(s["checkpoint"], kind, s["kind"] == "all"), "--checkpoint")
+
+
+def _write_result(s: dict[str, Any], description: str, n: int,
+                  results: dict[str, RankResult]) -> None:
+    doc: dict[str, Any] = {"model": description, "n": n,
+                           "results": {k: r.to_dict() for k, r in results.items()},
+                           "guarantees": {k: guarantee_of(r) for k, r in results.items()},
+                           "provenance": provenance(dict(s))}
+    if len(results) == 1:
+        doc.update(next(iter(results.values())).to_dict())
+    atomic_write_text(Path(s["out"]), json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -281,56 +300,65 @@ def run(args: argparse.Namespace) -> int:
     dtype = _DTYPES.get(str(s["dtype"]))
     if dtype is None:
         msg = f"dtype must be one of {sorted(_DTYPES)}; got {s['dtype']!r}"
-        raise ValueError(msg)
+        raise InputError(msg)
+    kinds = list(KINDS) if s["kind"] == "all" else [s["kind"]]
+    _check_outputs(s, kinds)
+    s["threads"] = configure_threads(s.get("threads"))
+    device = resolve_device(s.get("device"))
     world = None
     if s["distributed"]:
-        from scalable_hrank.distributed import init_from_env, shard
+        from scalable_hrank.distributed import init_from_env
 
         world = init_from_env()
     model, loss, data, description = _problem(s)
-    if s.get("device") and str(s["model"]).startswith("mlp:"):
-        model = model.to(s["device"])
-    if world is not None and world.size > 1:
-        data = shard(data, world.rank, world.size)
-    kinds = list(KINDS) if s["kind"] == "all" else [s["kind"]]
+    model, data = model.to(device), to_device(data, device)
+    s["device"] = str(device)
     selected = s.get("params")
     from scalable_hrank.operators import parameter_space
 
     n = parameter_space(model, selected)[0].size
-    log.info("%s: %d selected parameters", description, n)
-    print(f"{description}: {n} selected parameters", file=sys.stderr)
-    results: dict[str, RankResult] = {}
-    preempted = False
-    for kind in kinds:
-        with ExitStack() as stack:
-            res = _one_kind(s, kind, model, loss, data, selected, dtype, n, stack)
-        if res is None:
-            preempted = True
-            break
-        results[kind] = res
-        if world is None or world.rank == 0:
-            print(res.summary())
-            for note in res.notes:
-                print(f"  note: {note}")
-    if preempted:
-        return EXIT_PREEMPTED
     rank0 = world is None or world.rank == 0
-    if s.get("out") and rank0:
-        doc = {"model": description, "n": n,
-               "results": {k: r.to_dict() for k, r in results.items()},
-               "provenance": provenance({k: v for k, v in s.items()})}
-        if len(results) == 1:
-            doc.update(next(iter(results.values())).to_dict())
-        atomic_write_text(Path(s["out"]), json.dumps(doc, indent=2, default=str) + "\n")
-    if s.get("checkpoint"):
+    print(f"{description}: {n} selected parameters on {device}", file=sys.stderr)
+    fingerprints = ({k: problem_fingerprint(model, loss, data, s, k) for k in kinds}
+                    if s.get("checkpoint") else {})
+    if world is not None and world.size > 1:
+        from scalable_hrank.distributed import shard
+
+        data = shard(data, world.rank, world.size)
+    results: dict[str, RankResult] = {}
+    checkpoints: list[KindCheckpoint] = []
+    with PreemptionHandler() as handler:
         for kind in kinds:
-            _checkpoint_path(s, kind).unlink(missing_ok=True)
-    if world is not None:
+            ckpt = None
+            if s.get("checkpoint"):
+                ckpt = KindCheckpoint(kind_path(s["checkpoint"], kind, s["kind"] == "all"),
+                                      fingerprints[kind], handler=handler,
+                                      every_seconds=float(s["checkpoint_every"]))
+                checkpoints.append(ckpt)
+                if rank0:
+                    ckpt.announce(kind)
+            try:
+                res = _solve(s, kind, model, loss, data, selected, dtype, ckpt)
+            except Preempted as exc:
+                print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
+                return EXIT_PREEMPTED
+            results[kind] = res
+            if rank0:
+                print(summary_line(res))
+                for note in res.notes:
+                    print(f"  note: {note}")
+    if s.get("out") and rank0:
+        _write_result(s, description, n, results)
+    code = exit_code(results.values())
+    if code == 0:
+        for ckpt in checkpoints:
+            ckpt.remove()
+    elif checkpoints and rank0:
+        print(f"hrank rank: only a bound; the state is kept in {s['checkpoint']}: rerun with a "
+              "larger --max-matvecs to continue", file=sys.stderr)
+    if world is not None and world.size > 1:
         from scalable_hrank.distributed import shutdown
 
         torch.distributed.barrier()  # nobody tears the group down while a peer still talks
         shutdown()
-    ok = all(r.certified or r.method == "exact" or bool(r.extra.get("converged"))
-             for r in results.values())
-    return 0 if ok else 1
-
+    return code
