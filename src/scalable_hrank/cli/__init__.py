@@ -87,7 +87,14 @@ def _quiet_broken_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrank`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        msg = f"unrecognized arguments: {' '.join(extras)}"
+        if args.command == "submit" and getattr(args, "what", None) in ("rank", "command"):
+            job = [*extras, *(w for w in getattr(args, "args", []) if w != "--")]
+            msg += (f"; the arguments of the job go after `--`: hrank submit {args.what} "
+                    f"[sbatch options] -- {' '.join(job)}")
+        parser.error(msg)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "_run", None):
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERNAL
         if args.verbose:
             traceback.print_exc()
-        print(f"hrank: error: {message}", file=sys.stderr)
+        print(f"hrank: error: {' '.join(message.split())}", file=sys.stderr)
         return EXIT_USAGE
     return code
 

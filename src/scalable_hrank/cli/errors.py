@@ -53,30 +53,30 @@ def user_error_message(exc: BaseException) -> str | None:
     """One-line message for an error the user can fix, or None for an internal error.
 
     User-caused: :class:`~scalable_hrank.errors.InputError` and every ``ValueError`` (the
-    public API's contract for a wrong value), a bad checkpoint, missing or unwritable files
-    (``OSError`` with a file name), a missing optional package, and non-finite losses or data.
+    public API's contract for a wrong value), a bad checkpoint, files and the environment
+    (every ``OSError``), a missing optional package, and non-finite losses or data.
     """
     ckpt = _checkpoint_error()
     if ckpt is not None and isinstance(exc, ckpt):
-        return (f"{exc}. Delete the checkpoint to start again, or pass the --checkpoint of the "
-                "run it belongs to")
+        if getattr(exc, "reason", None) == "fingerprint":
+            return str(exc)
+        return f"{exc}; delete it to start again"
     if isinstance(exc, (InputError, ValueError)):
         return str(exc)
     if isinstance(exc, NonFiniteError):
-        return (f"{exc}. Check the data and the weights for NaN or infinity, or compute in "
-                "float64 (--dtype float64)")
+        return (f"{exc} (check the data and the weights for NaN or infinity; in float32, "
+                "try --dtype float64)")
     if isinstance(exc, ModuleNotFoundError):
         name = exc.name or str(exc)
+        if name.split(".")[0] == "scalable_hrank":
+            return None  # our own module: a broken installation or a bug
         return (f"the optional package {name!r} is not installed: pip install it (see the "
                 "README's extras, e.g. pip install 'scalable-hrank[plots]')")
     if isinstance(exc, ImportError):
         return str(exc)
-    if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _FILE_HINTS):
+    if isinstance(exc, OSError):  # files, network, devices: the environment, not a bug
         hint = _FILE_HINTS.get(exc.errno or 0)
         where = f": {exc.filename}" if exc.filename else ""
         text = exc.strerror or str(exc)
         return f"{text}{where}" + (f" ({hint})" if hint else "")
-    if isinstance(exc, OSError) and type(exc) in (FileNotFoundError, PermissionError,
-                                                  IsADirectoryError, NotADirectoryError):
-        return str(exc)
     return None

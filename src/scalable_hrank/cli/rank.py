@@ -92,8 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="product dtype (default float64)")
     p.add_argument("--memory", help="memory budget for the plan, e.g. 8G or 512M (default: "
                                     "the device's free memory)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: this "
-                                    "process's GPU when CUDA is available, else the CPU)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default $HRANK_DEVICE, else "
+                                    "auto: this process's GPU when CUDA is available, else "
+                                    "the CPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this "
                                                "process may use; SLURM_CPUS_PER_TASK caps it)")
     p.add_argument("--out", help="JSON result file (written atomically)")
@@ -114,7 +115,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         cfg = _read_config(Path(args.config))
     defaults = {"model": "mlp:64,12,12,10", "kind": "loss", "method": "auto", "seed": 0,
-                "block_size": 8, "dtype": "float64", "samples": 100, "device": "auto",
+                "block_size": 8, "dtype": "float64", "samples": 100,
+                "device": os.environ.get("HRANK_DEVICE") or "auto",
                 "checkpoint_every": 300.0, "distributed": False, "progress": False}
     out = {**defaults, **cfg}
     for key in _CONFIG_KEYS:
@@ -162,7 +164,8 @@ def _tensor_file(path: Path) -> tuple[Any, Any]:
     try:
         blob = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        msg = f"--data {path} is not a readable torch.save file ({type(exc).__name__}: {exc})"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = f"--data {path} is not a readable torch.save file ({type(exc).__name__}: {first})"
         raise InputError(msg) from exc
     if not (isinstance(blob, dict) and isinstance(blob.get("inputs"), torch.Tensor)
             and isinstance(blob.get("targets"), torch.Tensor)):
@@ -274,6 +277,24 @@ def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selec
     return res
 
 
+def _check_finite(data: Any) -> None:
+    """Refuse data with NaN or infinity (else every product is NaN, found only much later)."""
+    batches = [data] if isinstance(data, tuple) else data if isinstance(data, list) else []
+    for i, batch in enumerate(batches):
+        stack = [batch]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                if item.is_floating_point() and not bool(torch.isfinite(item).all()):
+                    msg = (f"the data hold NaN or infinity (batch {i}); clean or impute them "
+                           "before computing a Hessian")
+                    raise InputError(msg)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (tuple, list)):
+                stack.extend(item)
+
+
 def _check_outputs(s: dict[str, Any], kinds: list[str]) -> None:
     """Fail now, before any product, if the result or a checkpoint could not be written."""
     if s.get("out"):
@@ -311,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
 
         world = init_from_env()
     model, loss, data, description = _problem(s)
+    _check_finite(data)
     model, data = model.to(device), to_device(data, device)
     s["device"] = str(device)
     selected = s.get("params")
