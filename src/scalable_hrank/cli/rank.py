@@ -29,6 +29,7 @@ import torch
 
 from scalable_hrank import __version__
 from scalable_hrank._io import atomic_write_text, check_writable
+from scalable_hrank.checkpoint import per_rank_path
 from scalable_hrank.cli.errors import EXIT_PREEMPTED
 from scalable_hrank.cli.outcome import exit_code, guarantee_of, summary_line
 from scalable_hrank.cli.progress import ProductBar
@@ -47,7 +48,7 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _CONFIG_KEYS = ("model", "data", "samples", "loss", "params", "kind", "method", "rtol", "atol",
                 "seed", "max_matvecs", "block_size", "dtype", "device", "out", "checkpoint",
                 "checkpoint_every", "probes", "parts_bound", "distributed", "progress",
-                "memory", "threads")
+                "memory", "threads", "shard_basis")
 
 
 def _density_options(s: dict[str, Any]) -> dict[str, Any] | None:
@@ -105,6 +106,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="seconds between periodic checkpoints (default 300)")
     p.add_argument("--distributed", action="store_true", default=None,
                    help="torch.distributed data parallel (torchrun / srun env)")
+    p.add_argument("--shard-basis", action="store_true", default=None, dest="shard_basis",
+                   help="with --distributed: each process keeps only its slice of the Krylov "
+                        "basis (memory per process falls with the process count; one "
+                        "checkpoint file per process)")
     p.add_argument("--progress", action="store_true", default=None,
                    help="progress bar: products, products per second and ETA")
     return p
@@ -267,7 +272,8 @@ def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selec
             rtol=s.get("rtol"), atol=s.get("atol"), seed=int(s["seed"]),
             max_matvecs=budget, dtype=dtype, block_size=int(s["block_size"]),
             memory_bytes=_bytes(s.get("memory")), on_block=on_block,
-            resume_state=None if ckpt is None else ckpt.state, density=_density_options(s))
+            resume_state=None if ckpt is None else ckpt.state, density=_density_options(s),
+            shard_basis=bool(s.get("shard_basis")))
     except BaseException:
         bar.close()
         raise
@@ -341,7 +347,9 @@ def run(args: argparse.Namespace) -> int:
     n = parameter_space(model, selected)[0].size
     rank0 = world is None or world.rank == 0
     print(f"{description}: {n} selected parameters on {device}", file=sys.stderr)
-    fingerprints = ({k: problem_fingerprint(model, loss, data, s, k) for k in kinds}
+    sharded = bool(s.get("shard_basis")) and world is not None and world.size > 1
+    fp_settings = {**s, "world": (world.rank, world.size) if sharded else None}
+    fingerprints = ({k: problem_fingerprint(model, loss, data, fp_settings, k) for k in kinds}
                     if s.get("checkpoint") else {})
     if world is not None and world.size > 1:
         from scalable_hrank.distributed import shard
@@ -353,8 +361,10 @@ def run(args: argparse.Namespace) -> int:
         for kind in kinds:
             ckpt = None
             if s.get("checkpoint"):
-                ckpt = KindCheckpoint(kind_path(s["checkpoint"], kind, s["kind"] == "all"),
-                                      fingerprints[kind], handler=handler,
+                path = kind_path(s["checkpoint"], kind, s["kind"] == "all")
+                if sharded:  # each process saves its own slice of the basis
+                    path = per_rank_path(path, world.rank, world.size)
+                ckpt = KindCheckpoint(path, fingerprints[kind], handler=handler,
                                       every_seconds=float(s["checkpoint_every"]))
                 checkpoints.append(ckpt)
                 if rank0:

@@ -2,7 +2,8 @@
 
 The fingerprint of a run is its mathematical problem only: the weights, the data, the model's
 architecture, the loss, the selected parameters, the kind, the method, the thresholds, the
-seed, the dtype and the solver options that shape its state (block size, probes). It leaves
+seed, the dtype and the solver options that shape its state (block size, probes; with a
+basis sharded over processes, this process's rank and the process count). It leaves
 out where the checkpoint lives, how often it is saved, the device, the memory budget and the
 product budget, so that moving a run, giving it a GPU or a larger ``--max-matvecs`` resumes it.
 
@@ -25,7 +26,7 @@ from scalable_hrank.result import RankResult
 
 #: Settings that change the answer or the solver's state (besides weights, data and kind).
 FINGERPRINT_KEYS = ("loss", "params", "method", "rtol", "atol", "seed", "dtype", "block_size",
-                    "probes", "parts_bound")
+                    "probes", "parts_bound", "world")
 
 
 def kind_path(checkpoint: str | Path, kind: str, all_kinds: bool) -> Path:
