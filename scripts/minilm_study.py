@@ -203,6 +203,9 @@ def part_tokens(args) -> list[dict]:
     return rows
 
 
+KIND_SYMBOL = {"loss": "H_L", "outer": "H_O", "functional": "H_F"}
+
+
 def _plt():
     import matplotlib
 
@@ -213,34 +216,37 @@ def _plt():
 
 
 def _plot_blocks(rows, path):
+    """Left: rank map (blocks by kinds, rank/n, certified vs bounds); right: rank curves."""
+    from scalable_hrank.plots import (
+        legend_outside,
+        log_if_decades,
+        plot_rank_map,
+        save_figure,
+        series_color,
+    )
+
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     blocks = list(dict.fromkeys(r["block"] for r in rows))
-    for j, kind in enumerate(KINDS):
-        xs, ys = [], []
-        for i, name in enumerate(blocks):
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.6 * len(blocks) + 2.6),
+                             gridspec_kw={"width_ratios": [1.15, 1]}, layout="constrained")
+    plot_rank_map(rows, ax=axes[0], title="certified rank per block and kind (sketch, float64)")
+    ax, ys = axes[1], []
+    for i, name in enumerate(blocks):
+        for kind, ls in zip(KINDS, ("-", "--", ":"), strict=True):
             r = next((r for r in rows if r["block"] == name and r["kind"] == kind), None)
-            if r is not None:
-                xs.append(i + 0.27 * (j - 1))
-                ys.append(r["rank"] / r["n"])
-        axes[0].bar(xs, ys, width=0.27, label=kind)
-        for r in (r for r in rows if r["kind"] == kind and r["rank_curve"]):
+            if r is None or not r["rank_curve"]:
+                continue
             t, k = zip(*r["rank_curve"], strict=True)
-            axes[1].loglog([x / r["scale"] for x in t], [max(v, 0.5) for v in k],
-                           label=f"{r['block']} {kind}")
-    labels = [f"{name}\n(n={next(r['n'] for r in rows if r['block'] == name):,})"
-              for name in blocks]
-    axes[0].set_xticks(range(len(blocks)), labels, fontsize=7)
-    axes[0].set_ylabel("rank / n")
-    axes[0].set_title("certified ranks (sketch, float64)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].set_xlabel("threshold / sigma_max(H_L)")
-    axes[1].set_ylabel("rank(threshold)")
-    axes[1].set_title("rank curves", fontsize=9)
-    axes[1].legend(fontsize=5, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            ys += [v for v in k if v > 0]
+            ax.semilogx([x / r["scale"] for x in t], [max(v, 0.5) for v in k], ls,
+                        color=series_color(i), lw=1.4,
+                        label=f"{name} {KIND_SYMBOL[kind]}")
+    log_if_decades(ax, "y", ys)
+    ax.set_xlabel("threshold relative to sigma_max(H_L)")
+    ax.set_ylabel("rank at that threshold")
+    ax.set_title("rank against the threshold (colour: block; line: kind)")
+    legend_outside(ax, ncol=1)
+    save_figure(fig, path)
 
 
 def _plot_density(rows, path):

@@ -159,3 +159,22 @@ def test_broken_pipe_is_quiet(monkeypatch, capsys) -> None:
     monkeypatch.setattr(parser, "parse_args", lambda argv: args)
     assert main(MLP) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path) -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    cfg = tmp_path / "big.toml"
+    cfg.write_text('[sweep]\nname = "bp"\ninput_dim = 3\noutput_dim = 2\nnum_samples = 5\n'
+                   f"width = {list(range(1, 200))}\ndepth = [1, 2, 3, 4, 5, 6, 7, 8]\n")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = (f"{sys.executable} -c 'import sys; from scalable_hrank.cli import main; "
+           f"sys.exit(main(sys.argv[1:]))' sweep {cfg} --list | head -n 1; "
+           "exit ${PIPESTATUS[0]}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1
+    assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -11,7 +11,14 @@ outside the data, and axes spanning two decades or more are logarithmic.
   collect`` (rank map of blocks by kinds, or rank against the sweep's axes).
 """
 
-from scalable_hrank.plots._style import KIND_LABELS, pyplot, save_figure
+from scalable_hrank.plots._style import (
+    KIND_LABELS,
+    legend_outside,
+    log_if_decades,
+    pyplot,
+    save_figure,
+    series_color,
+)
 from scalable_hrank.plots.results import (
     plot_density,
     plot_rank_curve,
@@ -29,6 +36,8 @@ from scalable_hrank.plots.tables import (
 __all__ = [
     "KIND_LABELS",
     "is_collected",
+    "legend_outside",
+    "log_if_decades",
     "plot_collected",
     "plot_density",
     "plot_rank_curve",
@@ -39,4 +48,5 @@ __all__ = [
     "pyplot",
     "result_label",
     "save_figure",
+    "series_color",
 ]
