@@ -136,7 +136,7 @@ def test_result_and_checkpoint_files_follow_the_umask(tmp_path) -> None:
     assert stat.S_IMODE(ckpt.stat().st_mode) == 0o640
 
 
-@pytest.mark.parametrize("method", ["exact", "sketch", "density"])
+@pytest.mark.parametrize("method", ["exact", "sketch", "lanczos", "density"])
 def test_progress_bar_reaches_100_percent_with_a_rate(method: str, capsys) -> None:
     argv = [*ARGS, "--kind", "outer", "--progress", "--probes", "2"]
     argv[argv.index("sketch")] = method

@@ -280,3 +280,23 @@ def test_fonts_are_at_least_9pt_and_legends_outside(tiny):
         assert ax.get_legend().get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1
         assert ax.get_title()
         plots.pyplot().close(fig)
+
+
+def test_density_legend_says_how_the_count_was_made():
+    import scalable_hrank as hr
+
+    x, y = gaussian(6, 5, 2, loss="mse", seed=0)
+    model = mlp([5, 4, 2], seed=0)  # P = 28 > M = 12 outputs: H_O counted on its Gram matrix
+    res = hr.estimate_rank(model, "mse", (x, y), "outer", method="density")
+    assert res.extra["space"] == "outputs-dense" and res.certified
+    fig = plots.plot_result_density(res)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("exact eigenvalues of the output-space Gram matrix" in t for t in labels)
+    assert not any("SLQ" in t for t in labels) and "SLQ" not in ax.get_title()
+    plots.pyplot().close(fig)
+    res = hr.estimate_rank(model, "mse", (x, y), "functional", method="density",
+                           density={"num_probes": 2})
+    fig = plots.plot_result_density(res)
+    assert "SLQ in parameter space" in fig.axes[0].get_title()
+    plots.pyplot().close(fig)

@@ -261,11 +261,12 @@ def plot_density(grid: Sequence[float], density: Sequence[float], *,
 
 def plot_result_density(result: RankResult, *, log: bool = True, title: str | None = None,
                         ax: Any = None) -> Any:
-    """Spectral density of a ``method="density"`` result (its stored quadrature nodes).
+    """Spectral density of a ``method="density"`` result (its stored nodes and weights).
 
     With ``log`` the variable is log10 |lambda| (density per decade), where the threshold and
-    the detected gap read best. The legend says how the count was made: stochastic Lanczos
-    quadrature in the parameter space, or on the output-space Gram matrix of H_O.
+    the detected gap read best. The legend and title say how the count was made: stochastic
+    Lanczos quadrature in the parameter space or on the output-space Gram matrix of H_O, or
+    the exact eigenvalues of that Gram matrix (then the count is exact, not an estimate).
 
     Raises:
         ValueError: If the result holds no quadrature nodes (not a stochastic density run).
@@ -276,15 +277,15 @@ def plot_result_density(result: RankResult, *, log: bool = True, title: str | No
 
     nodes, weights = result.extra.get("nodes"), result.extra.get("weights")
     if not nodes or not weights:
-        msg = ("result holds no quadrature nodes: its count is not a stochastic estimate "
-               "(plot its spectrum or rank curve instead)")
+        msg = ("result holds no density nodes: not a --method density result (plot its "
+               "spectrum or rank curve instead)")
         raise ValueError(msg)
     grid, dens = slq_density(torch.tensor(nodes, dtype=torch.float64),
                              torch.tensor(weights, dtype=torch.float64),
                              n=result.n, log=log)
-    space = result.extra.get("space", "parameters")
-    how = ("SLQ on the output-space Gram matrix" if space == "outputs"
-           else "SLQ in parameter space")
+    how = {"outputs-dense": "exact eigenvalues of the output-space Gram matrix",
+           "outputs": "SLQ on the output-space Gram matrix"}.get(
+        str(result.extra.get("space")), "SLQ in parameter space")
     name = KIND_LABELS.get(result.kind, result.kind)
     fig = plot_density(grid.tolist(), dens.tolist(), label=f"{name} ({how})",
                        tol=None, logy=not log, ax=ax)
@@ -299,6 +300,7 @@ def plot_result_density(result: RankResult, *, log: bool = True, title: str | No
             ax.axvspan(math.log10(max(result.gap[0], result.tol, 1e-300)),
                        math.log10(result.gap[1]), color="0.85", label="gap", gid="gap")
         legend_outside(ax)
-    ax.set_title(title or f"spectral density of {name} ({how}), rank in "
-                          f"[{result.rank_low}, {result.rank_high}]")
+    count = (f"rank {result.rank}" if result.rank_low == result.rank_high
+             else f"rank in [{result.rank_low}, {result.rank_high}]")
+    ax.set_title(title or f"spectral density of {name}, {count}\n({how})")
     return fig
