@@ -1,9 +1,10 @@
 """Progress bars of ``hrank rank``: products done, products per second and an ETA.
 
 A bar counts curvature products (a block of k counts k). Its total is the run's product budget
-(``--max-matvecs``, else P plus the certificate for the Krylov methods: an upper bound, so the
-ETA is pessimistic), and it is set to 100% when the solver returns, whatever stopped it. Methods
-without per-block reports (exact) jump from 0 to 100% at the end.
+(``--max-matvecs``), else an upper bound where one is known (P plus the certificate for the
+Krylov methods, P for exact; none for density), so the ETA is pessimistic. It is set to 100%
+when the solver returns, whatever stopped it; methods without per-block reports (exact) jump
+from 0 to 100% at the end.
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ class ProductBar:
         enabled: Draw the bar (on stderr).
         label: Shown before the bar (e.g. "loss sketch").
         total: Expected products (None: unknown, no ETA).
-        start: Products already done (a resumed run).
     """
 
-    def __init__(self, enabled: bool, label: str, total: int | None, start: int = 0) -> None:
+    def __init__(self, enabled: bool, label: str, total: int | None) -> None:
         self._bar = None
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=start, desc=label, unit="prod",
+            self._bar = tqdm(total=total, desc=label, unit="prod",
                              file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def update(self, state: Any) -> None:

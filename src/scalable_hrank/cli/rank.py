@@ -36,6 +36,7 @@ from scalable_hrank.cli.progress import ProductBar
 from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerprint
 from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
 from scalable_hrank.errors import InputError
+from scalable_hrank.linalg.krylov_rank import certificate_steps_for
 from scalable_hrank.operators import KINDS
 from scalable_hrank.preemption import Preempted, PreemptionHandler
 from scalable_hrank.rank import METHODS, estimate_rank
@@ -256,14 +257,26 @@ def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _expected_products(method: str, n: int, budget: int | None) -> int | None:
+    """Total of a progress bar: the budget, else an upper bound where one is known."""
+    if budget:
+        return int(budget)
+    if method == "exact":
+        return n
+    if method in ("sketch", "lanczos"):
+        return n + certificate_steps_for(n)
+    return None
+
+
 def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selected: Any,
-           dtype: torch.dtype, ckpt: KindCheckpoint | None) -> RankResult:
+           dtype: torch.dtype, n: int, ckpt: KindCheckpoint | None) -> RankResult:
     """One estimate_rank call with a progress bar and the kind's checkpoint."""
     if ckpt is not None and ckpt.result is not None:
         return ckpt.result
     method = str(s["method"])
     budget = s.get("max_matvecs")
-    bar = ProductBar(bool(s["progress"]), f"{kind} {method}", budget, start=0)
+    bar = ProductBar(bool(s["progress"]), f"{kind} {method}",
+                     _expected_products(method, n, budget))
     progress = bar.update if s["progress"] else None
     on_block = ckpt.on_block(progress) if ckpt is not None else progress
     try:
@@ -336,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     if s["distributed"]:
         from scalable_hrank.distributed import init_from_env
 
-        world = init_from_env()
+        world = init_from_env(backend="gloo" if device.type == "cpu" else None)
     model, loss, data, description = _problem(s)
     _check_finite(data)
     model, data = model.to(device), to_device(data, device)
@@ -370,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
                 if rank0:
                     ckpt.announce(kind)
             try:
-                res = _solve(s, kind, model, loss, data, selected, dtype, ckpt)
+                res = _solve(s, kind, model, loss, data, selected, dtype, n, ckpt)
             except Preempted as exc:
                 print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
                 return EXIT_PREEMPTED
