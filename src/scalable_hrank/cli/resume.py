@@ -19,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scalable_hrank.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from scalable_hrank.cli.progress import products_done
-from scalable_hrank.preemption import CheckpointSaver, PreemptionHandler
+from scalable_hrank.preemption import CheckpointSaver, Preempted, PreemptionHandler
 from scalable_hrank.result import RankResult
 
 #: Settings that change the answer or the solver's state (besides weights, data and kind).
@@ -47,6 +49,23 @@ def problem_fingerprint(model: Any, loss: Any, data: Any, settings: dict[str, An
     return fingerprint(list(model.parameters()), data, chosen)
 
 
+def _agree_on_signal(handler: PreemptionHandler) -> bool:
+    """Under a process group, share a pre-emption signal seen by any process; True if in one.
+
+    srun forwards the signal to every task, but not at the same instant: without agreement one
+    process would stop at block k while the others wait for it in block k + 1's collectives.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([float(handler.signum or 0)], dtype=torch.float64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if handler.signum is None and flag.item() > 0:
+        handler.signum = int(flag.item())
+    return True
+
+
 class KindCheckpoint:
     """Save and resume one kind of a ``hrank rank`` run.
 
@@ -65,6 +84,7 @@ class KindCheckpoint:
                  handler: PreemptionHandler) -> None:
         self.path = path
         self.fingerprint = fingerprint
+        self._handler = handler
         self._saver = CheckpointSaver(path, fingerprint, every_seconds=every_seconds,
                                       handler=handler)
         self._resume_point: Any = None
@@ -92,6 +112,8 @@ class KindCheckpoint:
 
         It also keeps the last state a larger product budget continues from unchanged: the
         state before a Krylov block the budget cut short (narrower than the block pending).
+        Under torch.distributed the processes agree on a signal at every block (one all-reduce
+        of one number), so that all of them save the same block and stop together.
         """
         def callback(state: Any) -> None:
             if progress is not None:
@@ -102,7 +124,13 @@ class KindCheckpoint:
                 self._resume_point = snapshot
             pending = getattr(state, "pending", None)
             self._last_pending = None if pending is None else int(pending.shape[1])
-            self._saver(snapshot)
+            together = _agree_on_signal(self._handler)
+            try:
+                self._saver(snapshot)
+            except Preempted:
+                if together:
+                    torch.distributed.barrier()  # every process has saved before any exits
+                raise
 
         return callback
 
