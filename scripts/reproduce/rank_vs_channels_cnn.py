@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scalable_hrank.data.digits import digits
-from scalable_hrank.plots import plot_sweep, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_sweep, pyplot, save_figure
 
 NAME = "rank_vs_channels_cnn"
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_sweep(rows, x="channels", predicted="fit_{kind}", predicted_label="linear fit",
                ax=axes[0], title=f"linear CNN on 8x8 digits, N={n}: exact ranks and p")
     axes[0].plot(chans, [r["p"] for r in rows], "k^-", ms=4, label="p (parameters)")
-    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    legend_below(axes[0], ncol=3)
     ps = np.array([r["p"] for r in rows], dtype=float)
     ranks = np.array([r["rank_loss"] for r in rows], dtype=float)
     axes[1].loglog(ps, ranks, "o-", ms=4, label="rank(H_L)")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     axes[1].set_ylabel("rank(H_L)")
     axes[1].set_title(f"rank(H_L) against p, log-log: local slope {slope:.2f} at the "
                       "largest c")
-    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    legend_below(axes[1], ncol=2)
     png = save_figure(fig, out / f"{NAME}.png")
     print("\n".join("  " + line for line in lines))
     return common.report(NAME, rows, [csv_path, png, out / f"{NAME}_fit.txt"], start)

@@ -13,6 +13,7 @@ outside the data, and axes spanning two decades or more are logarithmic.
 
 from scalable_hrank.plots._style import (
     KIND_LABELS,
+    legend_below,
     legend_outside,
     log_if_decades,
     pyplot,
@@ -36,6 +37,7 @@ from scalable_hrank.plots.tables import (
 __all__ = [
     "KIND_LABELS",
     "is_collected",
+    "legend_below",
     "legend_outside",
     "log_if_decades",
     "plot_collected",

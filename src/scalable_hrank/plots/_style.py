@@ -63,6 +63,15 @@ def legend_outside(ax: Any, **kwargs: Any) -> Any:
                      frameon=False, **kwargs)
 
 
+def legend_below(ax: Any, ncol: int = 2, **kwargs: Any) -> Any:
+    """A legend under the axes (for figures of several panels side by side)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0.0,
+                     frameon=False, ncol=ncol, **kwargs)
+
+
 def log_if_decades(ax: Any, axis: str, values: Iterable[float]) -> bool:
     """Put ``axis`` ("x" or "y") on a log scale when its positive values span >= 2 decades."""
     vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
