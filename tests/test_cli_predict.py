@@ -1,4 +1,7 @@
-"""``hrank predict`` against the theory functions and the PAPER.md section 4 table."""
+"""``hrank predict`` against the theory functions and the paper's table of ranks.
+
+The formulas and their conditions: docs/theory.md#rank-formulas.
+"""
 
 import json
 
@@ -7,7 +10,7 @@ import pytest
 from scalable_hrank.cli import main
 from scalable_hrank.theory import predict_rank_from_widths
 
-# d, hidden, K, N, r, loss, bias -> (H_O, H_F, H_L)   (PAPER.md section 4 rows)
+# d, hidden, K, N, r, loss, bias -> (H_O, H_F, H_L)   (rows of the paper's rank table)
 PAPER_ROWS = [
     (25, [5, 10], 10, 50, 25, "mse", False, (150, 175, 250)),
     (25, [5, 10], 10, 50, 25, "cross_entropy", False, (145, 165, 245)),
@@ -46,7 +49,7 @@ def test_json_stdout_is_only_the_object(capsys):
 
 
 def test_reference_width_sweep_cross_entropy(capsys):
-    # PAPER.md section 4: the reference code's stored sweep, MNIST 8x8 (r = 41), N = 100
+    # the paper's rank table: the reference code's stored sweep, MNIST 8x8 (r = 41), N = 100
     h_l = [216, 464, 639, 783, 927, 1071, 1215, 1359, 1503]
     for w, expected in zip(range(4, 37, 4), h_l, strict=True):
         assert main(["predict", "--widths", f"64,{w},{w},10", "--input-rank", "41",
@@ -92,4 +95,4 @@ def test_bad_arguments_exit_2(argv, capsys):
 def test_out_of_range_values_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("hrank predict: error:")
+    assert err.startswith("hrank: error:")

@@ -3,7 +3,7 @@
 #
 # Idempotent: installs the packages when absent, writes the configuration, starts the daemons
 # that are not running, waits until the node is idle and prints one status line.
-# Needs root; no systemd (the daemons are started directly, see /work/shared/SLURM_CI.md).
+# Needs root; no systemd (the daemons are started directly; docs/cluster.md describes the setup).
 #
 # Environment:
 #   HRANK_SLURM_CPUS   CPUs advertised on the node (default 8; more than exist, so that

@@ -1,4 +1,7 @@
-"""Rank during training (PAPER.md section 6.4): linear and tanh nets on digits, float64.
+"""Rank during training: linear and tanh nets on digits, float64.
+
+An experiment of Singh, Bachmann & Hofmann (2021); the formulas and their conditions are
+in docs/theory.md#rank-formulas.
 
 Full-batch SGD with momentum on the MSE loss (one-hot targets) drives the residuals to zero
 (N <= d: a linear net can interpolate). At log-spaced epochs we record the exact dense ranks

@@ -1,4 +1,7 @@
-"""Rank vs depth (PAPER.md section 6.3): 1..9 hidden layers of width 25, N = 50, MSE.
+"""Rank vs depth: 1..9 hidden layers of width 25, N = 50, MSE.
+
+An experiment of Singh, Bachmann & Hofmann (2021); the formulas and their conditions are
+in docs/theory.md#rank-formulas.
 
 Inputs are d = 16 Gaussian (kept small so that the 9-layer net, p = 5650, stays a dense
 float64 problem of about a minute here); K = 10, so q = min(r, 25, K) = 10 and rank/p rises

@@ -1,4 +1,7 @@
-"""Rank vs sample size (PAPER.md section 6.1): hidden [10, 10], K = 10, d = 64 Gaussian inputs.
+"""Rank vs sample size: hidden [10, 10], K = 10, d = 64 Gaussian inputs.
+
+An experiment of Singh, Bachmann & Hofmann (2021); the formulas and their conditions are
+in docs/theory.md#rank-formulas.
 
 H_O and H_L rise with slope q while N < d (r = min(N, d)), then stay flat; H_F is flat (300 for
 MSE without bias). Linear network, MSE and cross-entropy, with and without bias.

@@ -1,4 +1,7 @@
-"""Rank vs width (PAPER.md section 6.2): hidden [w, w], N = 100, d = 64 Gaussian, K = 10, MSE.
+"""Rank vs width: hidden [w, w], N = 100, d = 64 Gaussian, K = 10, MSE.
+
+An experiment of Singh, Bachmann & Hofmann (2021); the formulas and their conditions are
+in docs/theory.md#rank-formulas.
 
 rank(H_L) = q (r + K + 4 w - 3 q) grows linearly in w while p = w (d + w + K) grows like w^2,
 so rank/p falls like 1/w; for w <= q (= 10 here, r = d) the Hessian has full rank.

@@ -1,4 +1,7 @@
-"""Sorted spectra, linear vs tanh vs ReLU (PAPER.md sections 5 and 6.5), at initialisation.
+"""Sorted spectra, linear vs tanh vs ReLU, at initialisation.
+
+An experiment of Singh, Bachmann & Hofmann (2021); the formulas and their conditions are
+in docs/theory.md#rank-formulas.
 
 The same MLP (digits, MSE, no bias) with three activations. The figure shows the sorted
 |eigenvalues| of H_L with the predicted index (the linear formula) and the default threshold;

@@ -18,6 +18,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -50,6 +51,14 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(child)
 
 
+def _plain(text: str | None) -> str | None:
+    """Docstring markup out of ``--help``: ``:func:`x``` -> x, double backquotes dropped."""
+    if not text:
+        return text
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every available subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -69,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         p = mod.add_parser(sub)
+        p.description = _plain(p.description)
         p.set_defaults(_run=mod.run)
     _no_abbreviations(parser)
     return parser

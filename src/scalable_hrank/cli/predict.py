@@ -1,7 +1,8 @@
 """``hrank predict``: the paper's closed-form ranks of H_L, H_O, H_F for a linear chain.
 
-Formulas of Singh, Bachmann, Hofmann 2021 (arXiv 2106.16225) and the bias extension of
-PAPER.md section 3, via :func:`scalable_hrank.theory.predict_rank_from_widths`. Nothing is
+Formulas of Singh, Bachmann, Hofmann 2021 (arXiv 2106.16225) and their bias extension, stated
+with their conditions in docs/theory.md#rank-formulas, via
+:func:`scalable_hrank.theory.predict_rank_from_widths`. Nothing is
 computed on a model: widths, input rank and (optionally) N and the residual rank are given.
 """
 
