@@ -69,3 +69,14 @@ def test_templates_have_one_source_the_top_level_slurm_folder(monkeypatch) -> No
     setup = (ROOT / "setup.py").read_text()
     assert 'glob("slurm/*.sbatch")' in setup and "distributed" in setup
     assert "check_wheel.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_sbatch_failure_is_exit_2_with_its_message(monkeypatch, capsys) -> None:
+    def refuse(script, *, args=(), cwd=None):
+        raise slurm.SlurmError("sbatch failed (1): Invalid generic resource (gres) specification")
+
+    monkeypatch.setattr(slurm, "sbatch", refuse)
+    assert main(["submit", "rank", "--gpus", "1", "--", "--model", "mlp:8,4,3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hrank: error: sbatch failed (1): Invalid generic resource")
+    assert "Traceback" not in err

@@ -14,7 +14,8 @@ exports ``HRANK_DEVICE=cuda`` (``cpu`` with ``--gpus 0``), the default of ``hran
 prints the exact script on stdout (the sbatch command line on stderr) instead of submitting
 it. Jobs get ``--signal=B:USR1@120``;
 on it the command checkpoints and exits 3 and the script requeues the job (docs/cluster.md).
-Exit codes: 0 submitted (or printed), 1 sbatch failed, 2 bad arguments.
+Exit codes: 0 submitted (or printed); 2 bad arguments, or sbatch refused the job or is not
+installed (its message follows ``hrank: error:``).
 """
 
 from __future__ import annotations
@@ -207,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = slurm.sbatch(script, args=extra)
     except slurm.SlurmError as exc:
-        sys.stderr.write(f"hrank submit: {exc}\n")
-        return 1
+        msg = f"{exc} (check the sbatch options, and that Slurm answers: sinfo)"
+        raise InputError(msg) from exc
     if manifest is not None:
         manifest.update(job_id=job, submitted=time.time())
         atomic_write_text(Path(manifest["out"]) / "sweep.json", json.dumps(manifest, indent=2))
