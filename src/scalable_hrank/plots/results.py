@@ -277,8 +277,8 @@ def plot_result_density(result: RankResult, *, log: bool = True, title: str | No
 
     nodes, weights = result.extra.get("nodes"), result.extra.get("weights")
     if not nodes or not weights:
-        msg = ("result holds no density nodes: not a --method density result (plot its "
-               "spectrum or rank curve instead)")
+        msg = ("result holds no SLQ nodes or weights: not a --method density result (plot "
+               "its spectrum or rank curve instead)")
         raise ValueError(msg)
     grid, dens = slq_density(torch.tensor(nodes, dtype=torch.float64),
                              torch.tensor(weights, dtype=torch.float64),
