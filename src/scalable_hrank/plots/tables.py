@@ -265,7 +265,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], *, x: str,
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault("" if group is None else str(row.get(group)), []).append(row)
-    markers = "osd^v<>"
+    markers = "os^dv<>"
     fig, ax = new_axes(ax)
     xs_all, ys_all = [], []
     for gi, (gname, grows) in enumerate(groups.items()):
@@ -280,7 +280,10 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], *, x: str,
             ms = [_number(r.get(m_col)) / dv for r, dv in zip(grows, den, strict=True)]
             xs_all += xs
             ys_all += ms
-            ax.plot(xs, ms, markers[gi % len(markers)], color=color, ms=5, mfc="none",
+            # one marker shape per kind (per group when there are several): equal ranks of
+            # two kinds stay visible as two shapes
+            marker = markers[(gi if len(groups) > 1 else ki) % len(markers)]
+            ax.plot(xs, ms, marker, color=color, ms=6 if marker == "o" else 5, mfc="none",
                     label=f"{name} measured{suffix}", gid=f"measured:{kind}")
             ps = [_number(r.get(p_col)) / dv for r, dv in zip(grows, den, strict=True)]
             if any(not math.isnan(v) for v in ps):
