@@ -186,7 +186,8 @@ def test_preemption_requeue_resume_and_scancel(tmp_path):
     assert recs[job_a][0]["Restarts"] == "1"
     assert "caught SIGUSR1" in text and "command exited with 3" in text
     result, expected = (json.loads(p.read_text()) for p in (tmp_path / "a.json", ref_a))
-    assert result["restart_count"] == 1 and 3 <= result["resumed_at"] < 30
+    # resumed mid-run (the signal's delivery time varies with the load: any step before the end)
+    assert result["restart_count"] == 1 and 3 <= result["resumed_at"] < 60
     assert result["x"] == expected["x"]  # bit-identical to the uninterrupted run
 
     # B: the real solver, resumed from its checkpoint to the same result
