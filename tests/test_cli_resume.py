@@ -144,3 +144,26 @@ def test_progress_bar_reaches_100_percent_with_a_rate(method: str, capsys) -> No
     bars = capsys.readouterr().err.replace("\r", "\n").splitlines()
     last = [line for line in bars if line.startswith(f"outer {method}")][-1]
     assert "100%" in last and "prod/s" in last, last
+
+
+def test_a_saved_krylov_state_moves_to_the_compute_device(tmp_path) -> None:
+    import torch
+
+    import scalable_hrank as hr
+    from scalable_hrank.checkpoint import load_checkpoint, save_checkpoint
+    from scalable_hrank.cli.resume import state_to_device
+
+    model, data = mlp((4, 3, 2), seed=0), gaussian(6, 4, 2, seed=1)
+    saved = []
+    hr.estimate_rank(model, "mse", data, "loss", method="sketch", block_size=2,
+                     on_block=lambda s: saved.append(s.snapshot()))
+    save_checkpoint(tmp_path / "s.ckpt", saved[1], fingerprint="f")
+    state = load_checkpoint(tmp_path / "s.ckpt", fingerprint="f")
+    meta = torch.device("meta")  # stands in for a GPU: only the placement is checked
+    moved = state_to_device(state, meta)
+    for name in ("basis_rows", "projected", "pending"):
+        assert getattr(moved, name).device == meta and getattr(state, name).device.type == "cpu"
+    assert moved.generator_state.device.type == "cpu"  # the CPU generator's state stays
+    assert moved.num_matvecs == state.num_matvecs and moved.size == state.size
+    other = {"result": {"rank": 1}}
+    assert state_to_device(other, meta) is other

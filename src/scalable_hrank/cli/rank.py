@@ -378,7 +378,8 @@ def run(args: argparse.Namespace) -> int:
                 if sharded:  # each process saves its own slice of the basis
                     path = per_rank_path(path, world.rank, world.size)
                 ckpt = KindCheckpoint(path, fingerprints[kind], handler=handler,
-                                      every_seconds=float(s["checkpoint_every"]))
+                                      every_seconds=float(s["checkpoint_every"]),
+                                      device=device)
                 checkpoints.append(ckpt)
                 if rank0:
                     ckpt.announce(kind)

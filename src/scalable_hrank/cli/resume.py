@@ -14,6 +14,7 @@ finished, its result: a pre-empted ``--kind all`` does not recompute the kinds i
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,25 @@ from scalable_hrank.result import RankResult
 #: Settings that change the answer or the solver's state (besides weights, data and kind).
 FINGERPRINT_KEYS = ("loss", "params", "method", "rtol", "atol", "seed", "dtype", "block_size",
                     "probes", "parts_bound", "world")
+
+
+#: Tensors of a Krylov state that live on the compute device (the rest stays on the CPU).
+_DEVICE_FIELDS = ("basis_rows", "projected", "pending", "coupling")
+
+
+def state_to_device(state: Any, device: torch.device | str) -> Any:
+    """A loaded solver state with its device tensors on ``device`` (checkpoints load on CPU).
+
+    The fingerprint leaves the device out, so a run saved on a GPU resumes on a CPU and back.
+    Krylov states move their basis, projected matrix, pending block and coupling (the
+    generator state stays on the CPU); other states are returned as they are (the SLQ state
+    moves its own vectors when it is restored).
+    """
+    if not dataclasses.is_dataclass(state) or not hasattr(state, "basis_rows"):
+        return state
+    moved = {name: getattr(state, name).to(device) for name in _DEVICE_FIELDS
+             if isinstance(getattr(state, name, None), torch.Tensor)}
+    return dataclasses.replace(state, **moved)
 
 
 def kind_path(checkpoint: str | Path, kind: str, all_kinds: bool) -> Path:
@@ -74,6 +94,7 @@ class KindCheckpoint:
         fingerprint: From :func:`problem_fingerprint`.
         every_seconds: Seconds between periodic saves.
         handler: The active pre-emption handler.
+        device: Where the computation runs (a loaded state is moved there).
 
     Attributes:
         result: The finished result found in the file (then nothing is computed), or None.
@@ -81,7 +102,7 @@ class KindCheckpoint:
     """
 
     def __init__(self, path: Path, fingerprint: str, *, every_seconds: float,
-                 handler: PreemptionHandler) -> None:
+                 handler: PreemptionHandler, device: torch.device | str = "cpu") -> None:
         self.path = path
         self.fingerprint = fingerprint
         self._handler = handler
@@ -96,7 +117,7 @@ class KindCheckpoint:
             if isinstance(saved, dict) and "result" in saved:
                 self.result = RankResult.from_dict(saved["result"])
             else:
-                self.state = saved
+                self.state = state_to_device(saved, device)
 
     def announce(self, kind: str) -> None:
         """Print what is resumed, if anything (always: a resume is never silent)."""
