@@ -155,6 +155,9 @@ def part_tokens(args) -> list[dict]:
     return rows
 
 
+KIND_SYMBOL = {"loss": "H_L", "outer": "H_O", "functional": "H_F"}
+
+
 def _plt():
     import matplotlib
 

@@ -6,6 +6,10 @@ Run as a script it is a small pre-emptible computation (used by tests/test_slurm
 
 Each step adds a Gaussian draw (from a checkpointed generator) to a vector; on SIGUSR1/SIGTERM it
 saves its state and exits 3. A resumed run ends with exactly the vector of an uninterrupted one.
+
+``python tests/slurm_utils.py slow-rank DELAY -- <hrank rank arguments>`` runs ``hrank rank``
+itself, sleeping DELAY seconds after every solver block and printing
+``worker: <kind> block <k>``, so that a test can pre-empt it at a chosen kind.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from scalable_hrank.checkpoint import (
+from scalable_hrank.checkpoint import fingerprint
+from scalable_hrank.preemption import (
     PREEMPTED_EXIT_CODE,
     CheckpointSaver,
     Preempted,
     PreemptionHandler,
-    fingerprint,
 )
 
 HRANK = [sys.executable, "-c",
@@ -127,7 +131,32 @@ def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -
     return 0
 
 
+def slow_rank(delay: float, argv: list[str]) -> int:
+    """``hrank rank ARGV`` with a pause after each solver block (see the module docstring)."""
+    from scalable_hrank.cli import main
+    from scalable_hrank.cli import rank as rank_cli
+
+    real = rank_cli.estimate_rank
+
+    def slow(model, loss, data, kind, **kw):
+        inner, count = kw.get("on_block"), [0]
+
+        def on_block(state):
+            count[0] += 1
+            print(f"worker: {kind} block {count[0]}", flush=True)
+            time.sleep(delay)
+            if inner is not None:
+                inner(state)
+
+        return real(model, loss, data, kind, **{**kw, "on_block": on_block})
+
+    rank_cli.estimate_rank = slow
+    return main(["rank", *argv])
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["slow-rank"]:
+        sys.exit(slow_rank(float(sys.argv[2]), sys.argv[4:]))
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)

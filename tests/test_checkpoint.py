@@ -10,11 +10,7 @@ import pytest
 import torch
 
 from scalable_hrank.checkpoint import (
-    PREEMPTED_EXIT_CODE,
     CheckpointError,
-    CheckpointSaver,
-    Preempted,
-    PreemptionHandler,
     fingerprint,
     load_checkpoint,
     per_rank_path,
@@ -22,6 +18,12 @@ from scalable_hrank.checkpoint import (
     save_checkpoint,
 )
 from scalable_hrank.errors import HRankError
+from scalable_hrank.preemption import (
+    PREEMPTED_EXIT_CODE,
+    CheckpointSaver,
+    Preempted,
+    PreemptionHandler,
+)
 
 
 @dataclasses.dataclass

@@ -21,7 +21,10 @@ def test_every_subcommand_has_help(capsys) -> None:
         with pytest.raises(SystemExit) as info:
             main([name, "--help"])
         assert info.value.code == 0
-    assert "usage: hrank" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: hrank" in out
+    assert "``" not in out and ":func:" not in out and ":class:" not in out  # no markup
+    assert "PAPER.md" not in out and "shared/" not in out
 
 
 def test_demo_table_and_json(tmp_path, monkeypatch, capsys) -> None:

@@ -83,6 +83,15 @@ def test_two_processes_all_reduce_gram_and_sharded_matmat(tmp_path, slurm_vars):
     assert report["local_rows"] == 19  # 37 rows: 19 + 18
     # linalg.krylov_rank with the basis sharded by rows (ShardedMatMat + sharded_reduce)
     assert report["krylov_rank"] == report["krylov_rank_expected"] == 9
+    # the production path: data split by shard(), estimate_rank with both basis layouts,
+    # against the formula ranks of a linear network (H_L 39, H_O 24, H_F 24 of P = 44)
+    prod = report["production"]
+    assert set(prod) == {f"{k}/{lay}" for k in ("loss", "outer", "functional")
+                         for lay in ("replicated", "sharded")}
+    assert [prod[f"{k}/sharded"]["expected"] for k in ("loss", "outer", "functional")] == [
+        39, 24, 24]
+    assert all(r["ok"] and r["rank"] == r["expected"] for r in prod.values()), prod
+    assert prod["loss/sharded"]["rows"] == 22 and prod["loss/replicated"]["rows"] == 44
 
 
 def test_dead_peer_makes_survivor_fail_fast(tmp_path):

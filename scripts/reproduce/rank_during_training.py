@@ -20,7 +20,7 @@ import torch
 
 from scalable_hrank.data.digits import digits
 from scalable_hrank.models.mlp import mlp
-from scalable_hrank.plots import plot_sweep, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_sweep, pyplot, save_figure
 from scalable_hrank.theory import predict_rank
 
 NAME = "rank_during_training"
@@ -91,13 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             value.backward()
             opt.step()
     csv_path = common.write_csv(rows, out / f"{NAME}.csv")
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 5), layout="constrained")
     for ax, act in zip(axes, ("linear", "tanh"), strict=True):
         sel = [dict(r, epoch=max(r["epoch"], 0.5)) for r in rows if r["activation"] == act]
         plot_sweep(sel, x="epoch", ax=ax,
                    title=f"{act} {'-'.join(map(str, widths))}, digits N={n}, MSE")
         ax.set_xscale("log")
         ax.set_xlabel("epoch (0 drawn at 0.5)")
+        legend_below(ax, ncol=2)
     png = save_figure(fig, out / f"{NAME}.png")
     return common.report(NAME, rows, [csv_path, png], start)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scalable_hrank.data.digits import digits
-from scalable_hrank.plots import plot_sweep, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_sweep, pyplot, save_figure
 
 NAME = "rank_vs_channels_cnn"
 
@@ -71,20 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"rank({common.KIND_LABELS[kind]}) = {a:.2f} c + {b:.2f} "
                      f"(max |residual| {err:.2f})")
     (out / f"{NAME}_fit.txt").write_text("\n".join(lines) + "\n")
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
-    plot_sweep(rows, x="channels", predicted="fit_{kind}", ax=axes[0],
-               title=f"linear CNN on 8x8 digits, N={n} (dashed: linear fit)")
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    plot_sweep(rows, x="channels", predicted="fit_{kind}", predicted_label="linear fit",
+               ax=axes[0], title=f"linear CNN on 8x8 digits, N={n}: exact ranks and p")
     axes[0].plot(chans, [r["p"] for r in rows], "k^-", ms=4, label="p (parameters)")
-    axes[0].legend(fontsize=7)
-    axes[1].plot([r["p"] for r in rows], [r["rank_loss"] for r in rows], "o-", ms=4,
-                 label="rank(H_L)")
+    legend_below(axes[0], ncol=3)
     ps = np.array([r["p"] for r in rows], dtype=float)
-    k = rows[-1]["rank_loss"] / np.sqrt(ps[-1])
-    axes[1].plot(ps, k * np.sqrt(ps), ":", color="0.4", label=f"{k:.1f} sqrt(p)")
-    axes[1].set_xlabel("p")
+    ranks = np.array([r["rank_loss"] for r in rows], dtype=float)
+    axes[1].loglog(ps, ranks, "o-", ms=4, label="rank(H_L)")
+    axes[1].loglog(ps, ps, "k--", lw=1, label="rank = p (full rank)")
+    axes[1].loglog(ps, ranks[-1] * np.sqrt(ps / ps[-1]), ":", color="0.4",
+                   label="slope 1/2 (through the last point)")
+    slope = float(np.polyfit(np.log(ps[-3:]), np.log(ranks[-3:]), 1)[0])
+    axes[1].set_xlabel("p (parameters)")
     axes[1].set_ylabel("rank(H_L)")
-    axes[1].set_title("rank grows like sqrt(p)")
-    axes[1].legend(fontsize=7)
+    axes[1].set_title(f"rank(H_L) against p, log-log: local slope {slope:.2f} at the "
+                      "largest c")
+    legend_below(axes[1], ncol=2)
     png = save_figure(fig, out / f"{NAME}.png")
     print("\n".join("  " + line for line in lines))
     return common.report(NAME, rows, [csv_path, png, out / f"{NAME}_fit.txt"], start)

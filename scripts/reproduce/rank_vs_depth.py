@@ -13,7 +13,7 @@ import common
 
 from scalable_hrank.data.digits import gaussian
 from scalable_hrank.models.mlp import mlp
-from scalable_hrank.plots import plot_sweep, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_sweep, pyplot, save_figure
 from scalable_hrank.theory import predict_rank
 
 NAME = "rank_vs_depth"
@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = common.write_csv(rows, out / f"{NAME}.csv")
     q = rows[0]["q"]
     limit = q * (2 * m - q) / m**2
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 5), layout="constrained")
     plot_sweep(rows, x="depth", ax=axes[0], title=f"ranks, width {m}, d={d}, N={n}, K={k}")
     plot_sweep(rows, x="depth", kinds=("loss",), normalize="p", ax=axes[1],
                title="rank(H_L) / p")
     axes[1].axhline(limit, ls=":", color="0.4", label=f"q(2m-q)/m^2 = {limit:.2f}")
-    axes[1].legend(fontsize=7)
+    for ax in axes:
+        legend_below(ax, ncol=2)
     axes[0].set_xlabel("hidden layers")
     axes[1].set_xlabel("hidden layers")
     png = save_figure(fig, out / f"{NAME}.png")

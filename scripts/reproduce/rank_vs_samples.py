@@ -12,7 +12,7 @@ import common
 
 from scalable_hrank.data.digits import gaussian
 from scalable_hrank.models.mlp import mlp
-from scalable_hrank.plots import plot_sweep, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_sweep, pyplot, save_figure
 from scalable_hrank.theory import predict_rank
 
 NAME = "rank_vs_samples"
@@ -40,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(common.measure(model, loss, (x, y), pred))
                 rows.append(row)
     csv_path = common.write_csv(rows, out / f"{NAME}.csv")
-    fig, axes = pyplot().subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = pyplot().subplots(2, 2, figsize=(11, 9), sharex=True, layout="constrained")
     for i, loss in enumerate(("mse", "cross_entropy")):
         for j, bias in enumerate((False, True)):
             sel = [r for r in rows if r["loss"] == loss and r["bias"] == bias]
             plot_sweep(sel, x="N", ax=axes[i, j],
                        title=f"{loss}, {'with' if bias else 'no'} bias, hidden {hidden}, d={d}")
-    fig.suptitle("Hessian rank vs number of samples (markers measured, dashed predicted)")
+            legend_below(axes[i, j], ncol=3)
+    fig.suptitle("Hessian rank against the number of samples N (markers: exact rank; dashed: "
+                 "formula)")
     png = save_figure(fig, out / f"{NAME}.png")
     return common.report(NAME, rows, [csv_path, png], start)
 

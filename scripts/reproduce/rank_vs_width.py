@@ -12,7 +12,7 @@ import common
 
 from scalable_hrank.data.digits import gaussian
 from scalable_hrank.models.mlp import mlp
-from scalable_hrank.plots import plot_sweep, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_sweep, pyplot, save_figure
 from scalable_hrank.theory import predict_rank
 
 NAME = "rank_vs_width"
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  w={w:3d} p={row['p']:5d} rank H_L={row['rank_loss']:5d} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     csv_path = common.write_csv(rows, out / f"{NAME}.csv")
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 5), layout="constrained")
     plot_sweep(rows, x="width", ax=axes[0], title=f"ranks, hidden [w, w], d={d}, N={n}, K={k}")
     plot_sweep(rows, x="width", kinds=("loss",), normalize="p", ax=axes[1],
                title="rank(H_L) / p  (~ 1/w)")
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     big = rows[-1]
     c = big["rank_loss"] / big["p"] * big["width"]
     axes[1].plot(ws, [min(1.0, c / w) for w in ws], ":", color="0.4", label=f"{c:.1f} / w")
-    axes[1].legend(fontsize=7)
+    for ax in axes:
+        legend_below(ax, ncol=2)
     png = save_figure(fig, out / f"{NAME}.png")
     return common.report(NAME, rows, [csv_path, png], start)
 

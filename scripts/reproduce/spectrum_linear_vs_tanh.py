@@ -14,7 +14,7 @@ import common
 
 from scalable_hrank.data.digits import digits
 from scalable_hrank.models.mlp import mlp
-from scalable_hrank.plots import plot_spectrum, pyplot, save_figure
+from scalable_hrank.plots import legend_below, plot_spectrum, pyplot, save_figure
 from scalable_hrank.theory import predict_rank
 
 NAME = "spectrum_linear_vs_tanh"
@@ -44,14 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = common.write_csv(rows, out / f"{NAME}.csv")
     kinds = ("loss", "outer", "functional")
     ncol = len(kinds)
-    fig, axes = pyplot().subplots(1, ncol, figsize=(5 * ncol, 4))
+    fig, axes = pyplot().subplots(1, ncol, figsize=(6 * ncol, 6), layout="constrained")
     w0 = "-".join(map(str, configs[0]))
     for ax, kind in zip(axes, kinds, strict=True):
         results = {act: r["_results"][kind] for act, r in
                    zip(ACTIVATIONS, rows[:len(ACTIVATIONS)], strict=True)}
         pred = rows[0][f"pred_{kind}"]
         plot_spectrum(results, predicted_index=pred, ax=ax,
-                      title=f"{common.KIND_LABELS[kind]}, MLP {w0}, digits N={n}")
+                      title=f"{common.KIND_LABELS[kind]} of the MLP {w0} on digits, N={n}")
+        legend_below(ax, ncol=2)
+    fig.suptitle("sorted |eigenvalues| by activation; red line: the formula's rank for the "
+                 "linear net")
     png = save_figure(fig, out / f"{NAME}.png")
     return common.report(NAME, rows, [csv_path, png], start)
 

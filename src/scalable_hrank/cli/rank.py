@@ -1,8 +1,15 @@
 """hrank rank: the rank of one model's H_L / H_O / H_F, written as JSON with provenance.
 
+The device is "auto" by default: this process's GPU when CUDA is available (LOCAL_RANK's under
+torchrun or srun), else the CPU; model and data are moved there, whatever their source.
+``--out`` and ``--checkpoint`` are checked for writability before any product. With
+``--checkpoint`` a run resumes where it stopped (pre-empted, or out of budget: rerun with a
+larger ``--max-matvecs``), and ``--kind all`` keeps the kinds it finished.
+
 Exit codes: 0 every result exact, certified, or a converged density estimate; 1 a result is
-only a bound (budget exhausted, infeasible density); 2 bad arguments or input; 3 pre-empted
-(state checkpointed: rerun the same command to resume).
+only a bound (budget exhausted, infeasible density); 2 bad arguments, input, files,
+environment or checkpoint; 3 pre-empted (state checkpointed: rerun the same command to
+resume); 4 internal error.
 """
 
 from __future__ import annotations
@@ -15,29 +22,35 @@ import platform
 import socket
 import subprocess
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scalable_hrank import __version__
-from scalable_hrank._io import atomic_write_text
+from scalable_hrank._io import atomic_write_text, check_writable
+from scalable_hrank.checkpoint import per_rank_path
+from scalable_hrank.cli.errors import EXIT_PREEMPTED
+from scalable_hrank.cli.outcome import exit_code, guarantee_of, summary_line
+from scalable_hrank.cli.progress import ProductBar
+from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerprint
+from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
+from scalable_hrank.errors import InputError
+from scalable_hrank.linalg.krylov_rank import certificate_steps_for
 from scalable_hrank.models.problem import MODEL_OPTION_KEYS, add_model_arguments
 from scalable_hrank.operators import KINDS
+from scalable_hrank.preemption import Preempted, PreemptionHandler
 from scalable_hrank.rank import METHODS, estimate_rank
 from scalable_hrank.result import RankResult
 
 log = logging.getLogger(__name__)
 
-#: Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint.
-EXIT_PREEMPTED = 3
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: Options a config file may set (same names as the flags, with underscores).
 _CONFIG_KEYS = ("model", "data", "samples", "loss", "params", "kind", "method", "rtol", "atol",
                 "seed", "max_matvecs", "block_size", "dtype", "device", "out", "checkpoint",
                 "checkpoint_every", "probes", "parts_bound", "distributed", "progress",
-                "memory", *MODEL_OPTION_KEYS)
+                "memory", "threads", "shard_basis", *MODEL_OPTION_KEYS)
 
 
 def _density_options(s: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,15 +96,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(_DTYPES), help="product dtype (default float64)")
     p.add_argument("--memory", help="memory budget for the plan, e.g. 8G or 512M (default: "
                                     "the device's free memory)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: the model's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default $HRANK_DEVICE, else "
+                                    "auto: this process's GPU when CUDA is available, else "
+                                    "the CPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs this "
+                                               "process may use; SLURM_CPUS_PER_TASK caps it)")
     p.add_argument("--out", help="JSON result file (written atomically)")
-    p.add_argument("--checkpoint", help="checkpoint file: saved periodically and on "
-                                        "SIGUSR1/SIGTERM, resumed when present")
+    p.add_argument("--checkpoint", help="checkpoint file: saved periodically, on "
+                                        "SIGUSR1/SIGTERM and when the budget runs out; resumed "
+                                        "when present (kept while a result is only a bound)")
     p.add_argument("--checkpoint-every", type=float, dest="checkpoint_every",
                    help="seconds between periodic checkpoints (default 300)")
     p.add_argument("--distributed", action="store_true", default=None,
                    help="torch.distributed data parallel (torchrun / srun env)")
-    p.add_argument("--progress", action="store_true", default=None, help="tqdm progress bar")
+    p.add_argument("--shard-basis", action="store_true", default=None, dest="shard_basis",
+                   help="with --distributed: each process keeps only its slice of the Krylov "
+                        "basis (memory per process falls with the process count; one "
+                        "checkpoint file per process)")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="progress bar: products, products per second and ETA")
     add_model_arguments(p)
     return p
 
@@ -102,6 +125,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         cfg = _read_config(Path(args.config))
     defaults = {"model": "mlp:64,12,12,10", "kind": "loss", "method": "auto", "seed": 0,
                 "block_size": 8, "dtype": "float64", "samples": 100,
+                "device": os.environ.get("HRANK_DEVICE") or "auto",
                 "checkpoint_every": 300.0, "distributed": False, "progress": False}
     out = {**defaults, **cfg}
     for key in _CONFIG_KEYS:
@@ -132,12 +156,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     if not isinstance(data, dict):
         msg = f"config {path} must hold a mapping of option names to values"
-        raise TypeError(msg)
+        raise InputError(msg)
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(_CONFIG_KEYS))
     if unknown:
         msg = f"config {path}: unknown options {unknown}; known: {list(_CONFIG_KEYS)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     return data
 
 
@@ -184,65 +208,81 @@ def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _progress_callback(enabled: bool, kind: str, n: int) -> Any:
-    if not enabled:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=n, desc=f"{kind} products", unit="mv", file=sys.stderr)
-
-    def update(state: Any) -> None:
-        bar.n = state.num_matvecs
-        bar.set_postfix(basis=state.size)
-        bar.refresh()
-
-    return update, bar
+def _expected_products(method: str, n: int, budget: int | None) -> int | None:
+    """Total of a progress bar: the budget, else an upper bound where one is known."""
+    if budget:
+        return int(budget)
+    if method == "exact":
+        return n
+    if method in ("sketch", "lanczos"):
+        return n + certificate_steps_for(n)
+    return None
 
 
-def _checkpoint_path(s: dict[str, Any], kind: str) -> Path:
-    suffix = f".{kind}" if s["kind"] == "all" else ""
-    return Path(str(s["checkpoint"]) + suffix)
-
-
-def _one_kind(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selected: Any,
-              dtype: torch.dtype, n: int, stack: ExitStack) -> RankResult | None:
-    """One estimate_rank call with progress and checkpointing; None when pre-empted."""
-    from scalable_hrank.checkpoint import (
-        CheckpointSaver,
-        Preempted,
-        PreemptionHandler,
-        fingerprint,
-    )
-
-    progress, bar = _progress_callback(bool(s["progress"]), kind, n)
-    if bar is not None:
-        stack.callback(bar.close)
-    saver, resume = None, None
-    if s.get("checkpoint"):
-        fp = fingerprint(list(model.parameters()), data,
-                         {**s, "kind": kind, "out": None, "progress": None})
-        handler = stack.enter_context(PreemptionHandler())
-        saver = CheckpointSaver(_checkpoint_path(s, kind), fp,
-                                every_seconds=float(s["checkpoint_every"]), handler=handler)
-        resume = saver.load()
-
-    def on_block(state: Any) -> None:
-        if progress is not None:
-            progress(state)
-        if saver is not None:
-            saver(state.snapshot())
-
+def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selected: Any,
+           dtype: torch.dtype, n: int, ckpt: KindCheckpoint | None) -> RankResult:
+    """One estimate_rank call with a progress bar and the kind's checkpoint."""
+    if ckpt is not None and ckpt.result is not None:
+        return ckpt.result
+    method = str(s["method"])
+    budget = s.get("max_matvecs")
+    bar = ProductBar(bool(s["progress"]), f"{kind} {method}",
+                     _expected_products(method, n, budget))
+    progress = bar.update if s["progress"] else None
+    on_block = ckpt.on_block(progress) if ckpt is not None else progress
     try:
-        return estimate_rank(
-            model, loss, data, kind, method=str(s["method"]), params=selected,
+        res = estimate_rank(
+            model, loss, data, kind, method=method, params=selected,
             rtol=s.get("rtol"), atol=s.get("atol"), seed=int(s["seed"]),
-            max_matvecs=s.get("max_matvecs"), dtype=dtype, block_size=int(s["block_size"]),
-            memory_bytes=_bytes(s.get("memory")),
-            on_block=on_block if (progress or saver) else None, resume_state=resume,
-            density=_density_options(s))
-    except Preempted as exc:
-        print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
-        return None
+            max_matvecs=budget, dtype=dtype, block_size=int(s["block_size"]),
+            memory_bytes=_bytes(s.get("memory")), on_block=on_block,
+            resume_state=None if ckpt is None else ckpt.state, density=_density_options(s),
+            shard_basis=bool(s.get("shard_basis")))
+    except BaseException:
+        bar.close()
+        raise
+    bar.finish(res.matvecs)
+    if ckpt is not None:
+        ckpt.finish(res, guarantee_of(res))
+    return res
+
+
+def _check_finite(data: Any) -> None:
+    """Refuse data with NaN or infinity (else every product is NaN, found only much later)."""
+    batches = [data] if isinstance(data, tuple) else data if isinstance(data, list) else []
+    for i, batch in enumerate(batches):
+        stack = [batch]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                if item.is_floating_point() and not bool(torch.isfinite(item).all()):
+                    msg = (f"the data hold NaN or infinity (batch {i}); clean or impute them "
+                           "before computing a Hessian")
+                    raise InputError(msg)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (tuple, list)):
+                stack.extend(item)
+
+
+def _check_outputs(s: dict[str, Any], kinds: list[str]) -> None:
+    """Fail now, before any product, if the result or a checkpoint could not be written."""
+    if s.get("out"):
+        check_writable(Path(s["out"]), "--out")
+    if s.get("checkpoint"):
+        for kind in kinds:
+            check_writable(kind_path(s["checkpoint"], kind, s["kind"] == "all"), "--checkpoint")
+
+
+def _write_result(s: dict[str, Any], description: str, n: int,
+                  results: dict[str, RankResult]) -> None:
+    doc: dict[str, Any] = {"model": description, "n": n,
+                           "results": {k: r.to_dict() for k, r in results.items()},
+                           "guarantees": {k: guarantee_of(r) for k, r in results.items()},
+                           "provenance": provenance(dict(s))}
+    if len(results) == 1:
+        doc.update(next(iter(results.values())).to_dict())
+    atomic_write_text(Path(s["out"]), json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -251,56 +291,71 @@ def run(args: argparse.Namespace) -> int:
     dtype = _DTYPES.get(str(s["dtype"]))
     if dtype is None:
         msg = f"dtype must be one of {sorted(_DTYPES)}; got {s['dtype']!r}"
-        raise ValueError(msg)
+        raise InputError(msg)
+    kinds = list(KINDS) if s["kind"] == "all" else [s["kind"]]
+    _check_outputs(s, kinds)
+    s["threads"] = configure_threads(s.get("threads"))
+    device = resolve_device(s.get("device"))
     world = None
     if s["distributed"]:
-        from scalable_hrank.distributed import init_from_env, shard
+        from scalable_hrank.distributed import init_from_env
 
-        world = init_from_env()
+        world = init_from_env(backend="gloo" if device.type == "cpu" else None)
     model, loss, data, description = _problem(s)
-    if s.get("device") and str(s["model"]).startswith("mlp:"):
-        model = model.to(s["device"])
-    if world is not None and world.size > 1:
-        data = shard(data, world.rank, world.size)
-    kinds = list(KINDS) if s["kind"] == "all" else [s["kind"]]
+    _check_finite(data)
+    model, data = model.to(device), to_device(data, device)
+    s["device"] = str(device)
     selected = s.get("params")
     from scalable_hrank.operators import parameter_space
 
     n = parameter_space(model, selected)[0].size
-    log.info("%s: %d selected parameters", description, n)
-    print(f"{description}: {n} selected parameters", file=sys.stderr)
-    results: dict[str, RankResult] = {}
-    preempted = False
-    for kind in kinds:
-        with ExitStack() as stack:
-            res = _one_kind(s, kind, model, loss, data, selected, dtype, n, stack)
-        if res is None:
-            preempted = True
-            break
-        results[kind] = res
-        if world is None or world.rank == 0:
-            print(res.summary())
-            for note in res.notes:
-                print(f"  note: {note}")
-    if preempted:
-        return EXIT_PREEMPTED
     rank0 = world is None or world.rank == 0
-    if s.get("out") and rank0:
-        doc = {"model": description, "n": n,
-               "results": {k: r.to_dict() for k, r in results.items()},
-               "provenance": provenance({k: v for k, v in s.items()})}
-        if len(results) == 1:
-            doc.update(next(iter(results.values())).to_dict())
-        atomic_write_text(Path(s["out"]), json.dumps(doc, indent=2, default=str) + "\n")
-    if s.get("checkpoint"):
+    print(f"{description}: {n} selected parameters on {device}", file=sys.stderr)
+    sharded = bool(s.get("shard_basis")) and world is not None and world.size > 1
+    fp_settings = {**s, "world": (world.rank, world.size) if sharded else None}
+    fingerprints = ({k: problem_fingerprint(model, loss, data, fp_settings, k) for k in kinds}
+                    if s.get("checkpoint") else {})
+    if world is not None and world.size > 1:
+        from scalable_hrank.distributed import shard
+
+        data = shard(data, world.rank, world.size)
+    results: dict[str, RankResult] = {}
+    checkpoints: list[KindCheckpoint] = []
+    with PreemptionHandler() as handler:
         for kind in kinds:
-            _checkpoint_path(s, kind).unlink(missing_ok=True)
-    if world is not None:
+            ckpt = None
+            if s.get("checkpoint"):
+                path = kind_path(s["checkpoint"], kind, s["kind"] == "all")
+                if sharded:  # each process saves its own slice of the basis
+                    path = per_rank_path(path, world.rank, world.size)
+                ckpt = KindCheckpoint(path, fingerprints[kind], handler=handler,
+                                      every_seconds=float(s["checkpoint_every"]),
+                                      device=device)
+                checkpoints.append(ckpt)
+                if rank0:
+                    ckpt.announce(kind)
+            try:
+                res = _solve(s, kind, model, loss, data, selected, dtype, n, ckpt)
+            except Preempted as exc:
+                print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
+                return EXIT_PREEMPTED
+            results[kind] = res
+            if rank0:
+                print(summary_line(res))
+                for note in res.notes:
+                    print(f"  note: {note}")
+    if s.get("out") and rank0:
+        _write_result(s, description, n, results)
+    code = exit_code(results.values())
+    if code == 0:
+        for ckpt in checkpoints:
+            ckpt.remove()
+    elif checkpoints and rank0:
+        print(f"hrank rank: only a bound; the state is kept in {s['checkpoint']}: rerun with a "
+              "larger --max-matvecs to continue", file=sys.stderr)
+    if world is not None and world.size > 1:
         from scalable_hrank.distributed import shutdown
 
         torch.distributed.barrier()  # nobody tears the group down while a peer still talks
         shutdown()
-    ok = all(r.certified or r.method == "exact" or bool(r.extra.get("converged"))
-             for r in results.values())
-    return 0 if ok else 1
-
+    return code

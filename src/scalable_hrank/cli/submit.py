@@ -6,9 +6,16 @@
     hrank submit sweep SWEEP.toml [--out DIR] [options]       a job array, one task per grid point
     hrank submit command [options] -- <any command>            any command, pre-emptible runner
 
-``--dry-run`` prints the script instead of submitting it. Jobs get ``--signal=B:USR1@120``;
+Everything after ``--`` goes to the job unchanged; ``--`` is required, so that a job option
+is never taken for an sbatch option. A job computes on the GPUs it asks for: the script
+exports ``HRANK_DEVICE=cuda`` (``cpu`` with ``--gpus 0``), the default of ``hrank rank
+--device``, so a GPU job that sees no GPU stops with exit 2 instead of computing on the CPU
+(``--env HRANK_DEVICE=...`` or the job's own ``--device`` override it). ``--dry-run``
+prints the exact script on stdout (the sbatch command line on stderr) instead of submitting
+it. Jobs get ``--signal=B:USR1@120``;
 on it the command checkpoints and exits 3 and the script requeues the job (docs/cluster.md).
-Exit codes: 0 submitted (or printed), 1 sbatch failed, 2 bad arguments.
+Exit codes: 0 submitted (or printed); 2 bad arguments, or sbatch refused the job or is not
+installed (its message follows ``hrank: error:``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 from scalable_hrank._io import atomic_write_text
 from scalable_hrank.distributed import slurm
+from scalable_hrank.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--no-checkpoint", action="store_true",
                    help="do not add --checkpoint OUT.ckpt when --out is given")
     _common(r)
-    r.add_argument("args", nargs=argparse.REMAINDER, help="-- then `hrank rank` arguments")
+    r.add_argument("args", nargs=argparse.REMAINDER,
+                   help="-- then the `hrank rank` arguments (the -- is required)")
     s = sub.add_parser("sweep", help="a job array over a sweep file")
     s.add_argument("config", type=Path)
     s.add_argument("--out", type=Path, default=None,
@@ -72,12 +81,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _common(s)
     c = sub.add_parser("command", help="any command under the pre-emptible runner")
     _common(c)
-    c.add_argument("args", nargs=argparse.REMAINDER, help="-- then the command")
+    c.add_argument("args", nargs=argparse.REMAINDER, help="-- then the command (required)")
     return p
 
 
-def _strip_dashdash(args: list[str]) -> list[str]:
-    return args[1:] if args and args[0] == "--" else args
+def _job_arguments(args: argparse.Namespace) -> list[str]:
+    """The words after ``--``; an error showing the right form when ``--`` is missing."""
+    words = list(args.args)
+    if words and words[0] == "--":
+        return words[1:]
+    if words:
+        msg = (f"put `--` before the arguments of the job: hrank submit {args.what} "
+               f"[sbatch options] -- {' '.join(words)}")
+        raise InputError(msg)
+    return words
 
 
 def _directives(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, str | None]:
@@ -102,13 +119,14 @@ def _directives(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str,
     return d
 
 
-def _environment(args: argparse.Namespace) -> dict[str, str]:
-    env = {}
+def _environment(args: argparse.Namespace, gpus: Any = None) -> dict[str, str]:
+    """Variables the script exports: HRANK_DEVICE from the GPUs asked for, then ``--env``."""
+    env = {} if gpus is None else {"HRANK_DEVICE": "cuda" if int(gpus) > 0 else "cpu"}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             msg = f"--env must be KEY=VALUE; got {item!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         env[key] = value
     return env
 
@@ -127,10 +145,10 @@ def build(args: argparse.Namespace) -> tuple[str, list[str], dict[str, Any] | No
     manifest = None
     extra = list(args.sbatch)
     if args.what in ("rank", "command"):
-        cmd_args = _strip_dashdash(list(args.args))
+        cmd_args = _job_arguments(args)
         if not cmd_args and args.what == "command":
             msg = "hrank submit command needs a command after --"
-            raise ValueError(msg)
+            raise InputError(msg)
         name = "distributed" if _multi(args) else "rank"
         if args.what == "rank":
             if ("--out" in cmd_args and "--checkpoint" not in cmd_args
@@ -148,8 +166,9 @@ def build(args: argparse.Namespace) -> tuple[str, list[str], dict[str, Any] | No
             directives.setdefault("--nodes", str(args.nodes or 1))
             directives["--ntasks-per-node"] = str(args.ntasks_per_node or max(gpus, 1))
         template = slurm.template_path(args.template or name).read_text()
+        gpus = 1 if args.gpus is None and args.what == "rank" else args.gpus
         script = slurm.render(template, command=slurm.quote(words), directives=directives,
-                              environment=_environment(args))
+                              environment=_environment(args, gpus))
         return script, extra, manifest
 
     from scalable_hrank.sweep import load_config
@@ -168,7 +187,8 @@ def build(args: argparse.Namespace) -> tuple[str, list[str], dict[str, Any] | No
     command = f'{words} --task "${{SLURM_ARRAY_TASK_ID:?}}"'
     template = slurm.template_path(args.template or "sweep").read_text()
     script = slurm.render(template, command=command, directives=directives,
-                          environment=_environment(args))
+                          environment=_environment(
+                              args, args.gpus if args.gpus is not None else defaults.get("gpus")))
     manifest = {"name": cfg.name, "config": str(cfg.path), "num_tasks": cfg.num_tasks,
                 "out": str(out), "array": directives["--array"]}
     return script, extra, manifest
@@ -178,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``hrank submit``; return the exit code."""
     script, extra, manifest = build(args)
     if args.dry_run:
-        sys.stdout.write(f"# sbatch --parsable {slurm.quote(extra)}\n".replace(" \n", "\n"))
+        sys.stderr.write(f"# would run: sbatch --parsable {slurm.quote(extra)}".rstrip()
+                         + " < (the script below)\n")
         sys.stdout.write(script)
         return 0
     if manifest is not None:
@@ -190,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = slurm.sbatch(script, args=extra)
     except slurm.SlurmError as exc:
-        sys.stderr.write(f"hrank submit: {exc}\n")
-        return 1
+        msg = f"{exc} (check the sbatch options, and that Slurm answers: sinfo)"
+        raise InputError(msg) from exc
     if manifest is not None:
         manifest.update(job_id=job, submitted=time.time())
         atomic_write_text(Path(manifest["out"]) / "sweep.json", json.dumps(manifest, indent=2))

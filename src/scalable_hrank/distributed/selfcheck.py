@@ -1,12 +1,16 @@
-"""Check a multi-process launch end to end (all-reduce, sharded Gram, ShardedMatMat).
+"""Check a multi-process launch end to end, through the path production runs.
 
 Run ``srun -n 2 python -m scalable_hrank.distributed.selfcheck --out report.json``.
 
-Every process joins the group (:func:`init_from_env`), then checks against single-process
-references computed identically on every rank (same seed): an all-reduce of the ranks, sharded
-inner products (a Gram matrix summed with :func:`sharded_reduce`) and a :class:`ShardedMatMat`
-product with a random symmetric matrix. Rank 0 writes a JSON report (``--out``); the exit code
-is 0 when every check passed, 1 otherwise.
+Every process joins the group (:func:`init_from_env`) and computes on its device
+(:func:`resolve_device`), then checks against references computed identically on every rank
+(same seed): an all-reduce of the ranks, sharded inner products (a Gram matrix summed with
+:func:`sharded_reduce`), a :class:`ShardedMatMat` product with a random symmetric matrix, and
+the production path of ``hrank rank --distributed [--shard-basis]``: the data split with
+:func:`shard`, then :func:`scalable_hrank.estimate_rank` with a replicated and with a sharded
+Krylov basis, for H_L, H_O and H_F of a linear network whose ranks the formulas give exactly.
+Rank 0 writes a JSON report (``--out``); the exit code is 0 when every check passed, 1
+otherwise.
 
 ``--die-rank R`` makes rank R exit right after joining, ``--hang-rank R`` makes it sleep:
 the others must then fail within the collective timeout (``--timeout``), not hang.
@@ -26,7 +30,8 @@ from pathlib import Path
 import torch
 
 from scalable_hrank._io import atomic_write_text
-from scalable_hrank.distributed.env import all_reduce_sum, init_from_env, shutdown
+from scalable_hrank.distributed.env import all_reduce_sum, init_from_env, shard, shutdown
+from scalable_hrank.distributed.resources import resolve_device, to_device
 from scalable_hrank.distributed.sharded import ShardedMatMat, sharded_reduce
 
 logger = logging.getLogger(__name__)
@@ -35,7 +40,7 @@ logger = logging.getLogger(__name__)
 def run_checks(n: int = 37, k: int = 3, seed: int = 0) -> dict:
     """Run the checks in the current process group; return a JSON-ready report."""
     w = init_from_env()
-    dev = torch.device(w.device)
+    dev = resolve_device("auto")
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(n, n, dtype=torch.float64, generator=gen)
     a = (a + a.T).to(dev)
@@ -60,11 +65,40 @@ def run_checks(n: int = 37, k: int = 3, seed: int = 0) -> dict:
         "matmat_error": float((y_full - a @ x).abs().max()),
         "local_rows": op.n_local,
     }
+    report["device"] = str(dev)
     report.update(_krylov_check(op, a, reduce, seed))
+    report["production"] = _production_check(w.rank, w.size, dev)
     report["ok"] = (report["all_reduce"] == report["all_reduce_expected"]
                     and report["gram_error"] < 1e-10 and report["matmat_error"] < 1e-10
-                    and report.get("krylov_rank") == report.get("krylov_rank_expected"))
+                    and report.get("krylov_rank") == report.get("krylov_rank_expected")
+                    and all(r["ok"] for r in report["production"].values()))
     return report
+
+
+def _production_check(rank: int, world: int, device: torch.device) -> dict:
+    """``hrank rank --distributed`` on a linear network: formula ranks, both basis layouts.
+
+    The data are split as the command line splits them (:func:`shard`); each kind is solved
+    with the basis replicated on every process and sharded by rows (``shard_basis=True``).
+    """
+    import scalable_hrank as hr
+    from scalable_hrank.data.digits import gaussian
+    from scalable_hrank.models.mlp import mlp
+
+    model, data = mlp((8, 4, 3), seed=0), gaussian(12, 8, 3, loss="mse", seed=1)
+    predicted = hr.predict_rank(model, loss="mse", data=data)
+    model, local = model.to(device), to_device(shard(data, rank, world), device)
+    out = {}
+    for kind in ("loss", "outer", "functional"):
+        expected = int(getattr(predicted, kind))
+        for layout in ("replicated", "sharded"):
+            res = hr.estimate_rank(model, "mse", local, kind, method="sketch", seed=0,
+                                   shard_basis=layout == "sharded")
+            out[f"{kind}/{layout}"] = {
+                "rank": res.rank, "expected": expected, "certified": res.certified,
+                "rows": (res.extra.get("sharded_basis") or {}).get("rows", res.n),
+                "ok": res.rank == expected and res.certified}
+    return out
 
 
 def _krylov_check(op: ShardedMatMat, a: torch.Tensor, reduce, seed: int) -> dict:

@@ -1,4 +1,7 @@
-"""Submit the package's sbatch templates (``sbatch/``) and follow the jobs (plain sbatch).
+"""Submit the sbatch templates and follow the jobs (plain sbatch).
+
+The templates live in the repository's top-level ``slurm/`` folder (the single source); the
+wheel ships a copy as package data (``scalable_hrank/distributed/sbatch/``).
 
 Why plain sbatch rather than submitit: the templates are the artefact users read, edit and
 ``sbatch`` by hand on any cluster; submission only renders them (``#SBATCH`` options and the
@@ -42,14 +45,17 @@ class SlurmError(RuntimeError):
 def template_dir() -> Path:
     """Folder of the sbatch templates.
 
-    ``HRANK_SLURM_TEMPLATES`` if set (edited copies), else the package's own ``sbatch/``
-    folder (package data: installed with the wheel as with a checkout).
+    ``HRANK_SLURM_TEMPLATES`` if set (edited copies); else the copy installed with the wheel
+    (``sbatch/`` next to this module); else, in a source checkout or an editable install, the
+    repository's ``slurm/`` folder.
 
     Raises:
         FileNotFoundError: If the folder does not exist.
     """
     env = os.environ.get("HRANK_SLURM_TEMPLATES")
-    folder = Path(env) if env else Path(__file__).resolve().parent / "sbatch"
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "sbatch", here.parents[2] / "slurm"
+    folder = Path(env) if env else installed if installed.is_dir() else checkout
     if not folder.is_dir():
         msg = (f"sbatch templates not found in {folder}; set HRANK_SLURM_TEMPLATES to a "
                "folder of templates or pass --template")
