@@ -92,7 +92,7 @@ def test_unknown_module_says_what_it_tried(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["rank", "--model", "no_such_mod_q:build"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("hrank rank: error:") and "Traceback" not in err
+    assert err.startswith("hrank: error:") and "Traceback" not in err
     assert "not on the Python path and no no_such_mod_q.py" in err and str(tmp_path) in err
 
 

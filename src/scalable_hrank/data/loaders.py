@@ -145,21 +145,29 @@ def load_tensor_file(path: str | Path, *, batch_size: int | None = None) -> list
         The batches.
 
     Raises:
-        ValueError: If the layout is none of the above.
+        InputError: If the file is missing, unreadable, or its layout is none of the above.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if not path.is_file():
+        msg = f"tensor file {str(path)!r} does not exist (give digits, gaussian or a .pt file)"
+        raise InputError(msg)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path))
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        first = (str(exc).strip().splitlines() or [""])[0]
+        msg = f"tensor file {str(path)!r} is not readable ({type(exc).__name__}: {first})"
+        raise InputError(msg) from exc
     if isinstance(obj, Mapping):
         keys = ("inputs", "targets") if "inputs" in obj else ("x", "y")
         if keys[0] not in obj or keys[1] not in obj:
             msg = (f"tensor file {str(path)!r} must hold keys 'inputs' and 'targets' "
                    f"(or 'x' and 'y'); found {sorted(obj)}")
-            raise ValueError(msg)
+            raise InputError(msg)
         return split_batches(obj[keys[0]], obj[keys[1]], batch_size)
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[1], Tensor):
         return split_batches(obj[0], obj[1], batch_size)
@@ -171,7 +179,7 @@ def load_tensor_file(path: str | Path, *, batch_size: int | None = None) -> list
         return [c for b in batches for c in split_batches(b[0], b[1], batch_size)]
     msg = (f"tensor file {str(path)!r} must hold a dict with 'inputs'/'targets', a pair "
            f"(inputs, targets) or a list of pairs; got {type(obj).__name__}")
-    raise ValueError(msg)
+    raise InputError(msg)
 
 
 def batch_to(batch: Batch, device: torch.device | str | None = None,
