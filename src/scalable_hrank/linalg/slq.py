@@ -25,14 +25,15 @@ from torch import Tensor
 from scalable_hrank._validation import bad_value, check_positive_int
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.counting import (
+    Bracket,
     DensityRank,
     _advance,
     _LanczosState,
     _ritz,
     _start,
+    bracket,
     check_tau_and_gap,
     count_interval,
-    detect_gap,
     kappa_for_steps,
     rademacher,
     smooth_step,
@@ -45,9 +46,9 @@ _FIRST_STEPS = 20  # steps before lambda_max and the gap are read from the Ritz 
 _GROWTH = 1.5  # depth growth factor while the k vs 0.75 k check fails
 
 
-def _counts(nodes: Tensor, weights: Tensor, sq: Tensor, tau: float, delta: float) -> Tensor:
-    """Per-probe counts ``||z||^2 sum_j w_j g(theta_j)``, shape (m,), float64."""
-    return sq * (weights * smooth_step(nodes, tau, delta)).sum(1)
+def _counts(nodes: Tensor, weights: Tensor, sq: Tensor, lower: float, upper: float) -> Tensor:
+    """Per-probe traces ``||z||^2 sum_j w_j g(theta_j)`` of the step on [lower, upper], (m,)."""
+    return sq * (weights * smooth_step(nodes, lower, upper)).sum(1)
 
 
 def _lower_bound(full: tuple[Tensor, Tensor], three_quarter: tuple[Tensor, Tensor], sq: Tensor,
@@ -109,6 +110,7 @@ class SLQState:
 
     lanczos: _LanczosState
     sq: Tensor
+    target: int = 0  # the depth the run was advancing to (decisions are made only there)
 
     def snapshot(self) -> SLQState:
         """A deep copy (tensors cloned, lists copied) for ``torch.save``."""
@@ -118,7 +120,7 @@ class SLQState:
                             beta_prev=lz.beta_prev.clone(), alphas=[a.clone() for a in lz.alphas],
                             betas=[b.clone() for b in lz.betas], lengths=lz.lengths.clone(),
                             active=lz.active.clone(), scale=lz.scale.clone()),
-            sq=self.sq.clone())
+            sq=self.sq.clone(), target=self.target)
 
     def restore(self, *, dtype: torch.dtype, device: torch.device | str
                 ) -> tuple[_LanczosState, Tensor]:
@@ -209,9 +211,9 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     if not 0 < rtol < 1:
         err = bad_value("rtol", "in (0, 1)", rtol)
         raise err
-    resume = None
+    resume, target = None, 0
     if state is not None:  # the probes live on in the Lanczos vectors
-        resume = state.restore(dtype=dtype, device=device)
+        resume, target = state.restore(dtype=dtype, device=device), state.target
         z = resume[0].v
         num_probes = z.shape[1]
     elif probes is None:
@@ -253,44 +255,61 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     del z
 
     def advance(steps: int) -> None:
-        """Lanczos steps in chunks of CHECKPOINT_STEPS, reporting the state after each."""
+        """Lanczos steps in chunks of CHECKPOINT_STEPS, reporting the state after each.
+
+        The target depth travels with the reported state, so a resumed run first reaches
+        it and then decides exactly as the uninterrupted run did.
+        """
+        goal = int(state.lengths.max()) + steps
         while steps > 0:
             chunk = min(steps, CHECKPOINT_STEPS)
             _advance(state, op, chunk, reduce)
             steps -= chunk
             if on_step is not None:
-                on_step(SLQState(lanczos=state, sq=sq))
+                on_step(SLQState(lanczos=state, sq=sq, target=goal))
 
-    def read(depth: int) -> tuple[Tensor, Tensor, float, tuple[float, float] | None, float]:
+    def read(depth: int) -> tuple[Tensor, Tensor, float, Bracket]:
         nodes, weights = _ritz(state, depth)
         lmax = float(nodes.abs().max()) * 1.01 if lambda_max is None else float(lambda_max)
-        if gap is not None:
-            return nodes, weights, lmax, gap, float(gap[1])
-        g = detect_gap(nodes, weights, tau, n=n)
-        # the lowest Ritz value above a gap overestimates the edge: stop the step halfway
-        delta = tau + 0.5 * (g[1] - tau) if g is not None else 2.0 * tau
-        return nodes, weights, lmax, g, delta
+        return nodes, weights, lmax, bracket(nodes, weights, tau, n=n, gap=gap)
+
+    def readings(nodes: Tensor, weights: Tensor, br: Bracket) -> tuple[Tensor, Tensor]:
+        """Per-probe traces of the step above tau (<= count) and below it (>= count)."""
+        return (_counts(nodes, weights, sq, tau, tau + br.w_above),
+                _counts(nodes, weights, sq, tau - br.w_below, tau))
 
     first = step_cap if num_steps is not None else min(_FIRST_STEPS, step_cap)
     if resume is None:
         advance(first)
+    elif state.active.any() and target > int(state.lengths.max()):
+        advance(target - int(state.lengths.max()))
     while True:
         depth = int(state.lengths.max())
-        nodes, weights, lmax, g, delta = read(depth)
-        kappa = max(1.0, lmax / (delta - tau))
-        planned = steps_for_kappa(kappa, psd)
+        nodes, weights, lmax, br = read(depth)
+        # the depth must resolve the band around tau and separate tau - w_below from zero:
+        # below that resolution null-space Ritz values cannot be told from small eigenvalues
+        kappa = max(1.0, lmax / min(br.width, tau - br.w_below))
+        # no node below -width: zero is (within the band) an edge of what Lanczos has seen,
+        # so plan as for a PSD operator; the k vs 0.75 k check still has the last word
+        edge = psd or float(nodes.min()) >= -br.width
+        planned = steps_for_kappa(kappa, edge)
+        if reduce is None:  # n is the full size: by 2 n steps Lanczos (in floating point)
+            planned = min(planned, 2 * n)  # has found every eigenvalue to round-off
         finished = not bool(state.active.any())
         if num_steps is None and not finished and depth < min(planned, step_cap):
-            # grow towards the plan at most 2x at a time: the first gap reading is rough
+            # grow towards the plan at most 2x at a time: the first band reading is rough
             advance(min(planned, step_cap, 2 * depth) - depth)
             continue
-        per_probe = _counts(nodes, weights, sq, tau, delta)
+        lo_probe, hi_probe = readings(nodes, weights, br)
         nodes3, weights3 = _ritz(state, max(1, round(0.75 * depth)))
+        lo3, hi3 = readings(nodes3, weights3, br)
         # a probe that broke down has an exact quadrature: it contributes no bias
-        per_probe3 = torch.where(state.active, _counts(nodes3, weights3, sq, tau, delta),
-                                 per_probe)
-        est = float(per_probe.mean())
-        bias = abs(est - float(per_probe3.mean()))
+        lo3 = torch.where(state.active, lo3, lo_probe)
+        hi3 = torch.where(state.active, hi3, hi_probe)
+        bias_lo = abs(float(lo_probe.mean()) - float(lo3.mean()))
+        bias_hi = abs(float(hi_probe.mean()) - float(hi3.mean()))
+        est = 0.5 * float(lo_probe.mean() + hi_probe.mean())
+        bias = max(bias_lo, bias_hi)
         # the k vs 0.75 k check can be fooled far below the planned depth: require both
         converged = finished or (bias <= max(1.0, 0.5 * rtol * abs(est)) and depth >= planned)
         if converged or num_steps is not None or depth >= step_cap:
@@ -299,31 +318,38 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
 
     if finished:
         notes.append("Lanczos broke down on every probe: the quadrature is exact")
+    g = br.gap()
     if g is None:
-        notes.append("no spectral gap above tau detected; smooth step on [tau, 2 tau]")
+        notes.append(f"no spectral gap around tau: eigenvalues with |lambda| in "
+                     f"[{tau - br.w_below:.3g}, {tau + br.w_above:.3g}] (about "
+                     f"{float((hi_probe - lo_probe).mean()):.0f} of them) are not resolved "
+                     "and widen the interval")
     steps_needed = depth if converged else max(planned, math.ceil(_GROWTH * depth))
-    mean, s, low, high = count_interval(per_probe, n=n, bias=bias, confidence=confidence)
+    mean_lo, s_lo, low, _ = count_interval(lo_probe, n=n, bias=bias_lo, confidence=confidence)
+    mean_hi, s_hi, _, high = count_interval(hi_probe, n=n, bias=bias_hi, confidence=confidence)
     lower_bound, bound_at = None, None
     if not converged:
         notes.append(f"not converged within {budget} products: about {steps_needed} steps per "
-                     f"probe ({num_probes * steps_needed} products) needed at the gap seen so "
-                     "far (more if smaller eigenvalues show up as the depth grows)")
-        resolved = lmax / kappa_for_steps(depth, psd)
-        if resolved > tau:
-            bound_at = resolved
-            lower_bound = deflated_count + _lower_bound(
-                (nodes, weights), (nodes3, weights3), sq, state.active, bound_at, n=n,
-                confidence=confidence)
-    estimate = mean + deflated_count
+                     f"probe ({num_probes * steps_needed} products) needed at the band seen "
+                     "so far (more if smaller eigenvalues show up as the depth grows)")
+        # the step on [at, 2 at] is resolved when at is: it counts at most #{|lambda| > tau}
+        bound_at = max(lmax / kappa_for_steps(depth, edge), tau)
+        lower_bound = deflated_count + _lower_bound(
+            (nodes, weights), (nodes3, weights3), sq, state.active, bound_at, n=n,
+            confidence=confidence)
+    estimate = 0.5 * (mean_lo + mean_hi) + deflated_count
     return DensityRank(
         estimate=estimate, rank=round(estimate), rank_low=low + deflated_count,
-        rank_high=min(n, high + deflated_count), confidence=confidence, probe_std=s,
-        resolution_bias=bias, num_matvecs=state.num_matvecs, num_steps=depth,
-        num_probes=num_probes, converged=converged, steps_needed=steps_needed,
-        matvecs_needed=num_probes * steps_needed, tau=tau, delta=delta, gap=g,
-        lambda_max=lmax, kappa=kappa, num_deflated=d, deflated_count=deflated_count,
-        lower_bound=lower_bound, bound_at=bound_at, probe_estimates=per_probe + deflated_count,
-        nodes=nodes, weights=weights, method="slq", notes=tuple(notes))
+        rank_high=min(n, high + deflated_count), confidence=confidence,
+        probe_std=max(s_lo, s_hi), resolution_bias=bias, num_matvecs=state.num_matvecs,
+        num_steps=depth, num_probes=num_probes, converged=converged,
+        steps_needed=steps_needed, matvecs_needed=num_probes * steps_needed, tau=tau,
+        delta=tau + br.w_above, gap=g, lambda_max=lmax, kappa=kappa, num_deflated=d,
+        deflated_count=deflated_count, lower_bound=lower_bound, bound_at=bound_at,
+        probe_estimates=0.5 * (lo_probe + hi_probe) + deflated_count,
+        readings=(mean_lo + deflated_count, mean_hi + deflated_count),
+        delta_below=tau - br.w_below, nodes=nodes, weights=weights, method="slq",
+        notes=tuple(notes))
 
 
 def slq_density(nodes: Tensor, weights: Tensor, *, n: int, num_points: int = 512,
