@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from scalable_hrank._validation import check_choice, check_positive_int
-from scalable_hrank.density import bound_from_parts, density_rank
+from scalable_hrank.density import (
+    DEFAULT_DEFLATE,
+    DEFAULT_DENSITY_MATVECS,
+    DEFAULT_PROBES,
+    bound_from_parts,
+    density_rank,
+)
 from scalable_hrank.errors import NotConvergedError, NumericalWarning
 from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, exact_rank, model_copy
 from scalable_hrank.linalg.eigen import eigenpairs, spectral_norm
@@ -151,9 +157,14 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     notes: list[str] = []
     extra: dict[str, Any] = {}
     first = next(iter(op._batches))  # noqa: SLF001 - the batch the planner measures
+    dopts = density or {}
     chosen = plan(model_c, n, (first.inputs, first.targets), method, dtype=op.dtype,
                   device=op.device, memory_bytes=memory_bytes, block_size=block_size,
-                  exact_max_n=AUTO_EXACT_MAX_N)  # raises PlanError (numbers, fixes) if no fit
+                  exact_max_n=AUTO_EXACT_MAX_N,
+                  probes=dopts.get("num_probes", DEFAULT_PROBES),
+                  deflation=dopts.get("num_deflate", DEFAULT_DEFLATE),
+                  density_matvecs=max_matvecs or DEFAULT_DENSITY_MATVECS,
+                  )  # raises PlanError (numbers, fixes) if no fit
     extra["plan"] = chosen.to_dict()
     if (max_matvecs is None and chosen.max_rank is not None and chosen.max_rank < n
             and chosen.method in ("sketch", "lanczos")):
@@ -188,6 +199,8 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
             scale_matvecs = op_loss.matvecs
         tol = max(atol or 0.0, (rtol_eff or 0.0) * scale)
     if method == "density":
+        if chosen.deflation is not None and "num_deflate" not in dopts:
+            density = {**dopts, "num_deflate": chosen.deflation}
         if tol is None:
             scale = spectral_scale(op, generator)
             tol = (rtol_eff or 0.0) * scale
