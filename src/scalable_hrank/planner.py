@@ -159,7 +159,7 @@ def tf32_disabled() -> Iterator[None]:
     """Turn TF32 off for CUDA matmul and cuDNN inside the block (restored on exit).
 
     TF32 rounds float32 matmul inputs to a 10-bit mantissa (relative error ~5e-4), far
-    above the float32 noise floor that rank thresholds assume (DESIGN.md, "Numerics").
+    above the float32 noise floor that rank thresholds assume (docs/theory.md#threshold-rule).
     Harmless on CPU-only machines.
 
     Yields:

@@ -55,7 +55,7 @@ def test_smooth_step_rejects_bad_bounds() -> None:
 
 
 def test_steps_for_kappa_scaling() -> None:
-    # measured first exact-count depths (notes/algos.md 3.3) are lower bounds of the plan
+    # first depths with counts within one eigenvalue (planted, n = 3000) bound the plan below
     assert steps_for_kappa(100, psd=True) >= 30
     assert steps_for_kappa(1e3, psd=True) >= 80
     assert steps_for_kappa(100, psd=False) >= 260

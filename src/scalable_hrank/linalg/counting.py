@@ -202,9 +202,9 @@ def steps_for_kappa(kappa: float, psd: bool) -> int:
     ``kappa = lambda_max / width`` with ``width`` the distance the smooth step must
     resolve. Zero is an edge of a PSD spectrum, so the polynomial degree grows like
     ``sqrt(kappa)``; for an indefinite one zero is interior and it grows like ``kappa``.
-    The constants reproduce the measured first step counts with count error < 1 at
-    n = 3000 (PSD: 10, 30, 60-80 steps at kappa = 10, 100, 1e3; indefinite: 70, 260
-    at kappa = 10, 100; notes/algos.md section 3.3), rounded up.
+    The constants are rounded up from the first depths at which counts on planted
+    spectra at n = 3000 were within one eigenvalue (PSD: 10, 30, 60-80 steps at
+    kappa = 10, 100, 1e3; indefinite: 70, 260 at kappa = 10, 100).
 
     Args:
         kappa: Spread, >= 1.
