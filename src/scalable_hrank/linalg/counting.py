@@ -1,13 +1,14 @@
 """Statistics of the spectral-density rank count (SLQ).
 
-Rademacher probes, the smooth step that turns a count into a trace, gap detection on a
-weighted set of eigenvalue nodes, step planning from the spread ``kappa`` and the
-confidence interval that combines probe variance with resolution bias.
+Rademacher probes, the smooth step that turns a count into a trace, the bracket of two
+steps around tau read from a weighted set of eigenvalue nodes, step planning from the spread
+``kappa`` and the confidence interval that combines probe variance with resolution bias. The
+Lanczos iteration that produces the nodes lives in :mod:`scalable_hrank.linalg.probe_lanczos`.
 
 The count of eigenvalues with ``|lambda| > tau`` is ``tr g(A)`` for the step
-``g = 1{|x| > tau}``; with a spectral gap ``(tau, delta)`` any ``g`` that is 0 on
-``|x| <= tau`` and 1 on ``|x| >= delta`` gives the same trace, so a smooth one is used
-(Ubaru & Saad 2016; Ubaru, Chen & Saad 2017).
+``g = 1{|x| > tau}``. Smooth steps that are 0 up to tau and 1 from a little above it, or 0
+up to a little below tau and 1 from it, bracket that trace from below and above
+(:class:`Bracket`); with no eigenvalue between their transitions both give the count.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from scalable_hrank._validation import bad_value
-from scalable_hrank.linalg._types import MatMat, Reduce
 
 __all__ = [
     "Bracket",
@@ -246,8 +245,8 @@ def normal_quantile(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: float,
-                   floor: int = 0) -> tuple[float, float, int, int]:
+def count_interval(probe_estimates: Tensor, *, n: int, bias: float,
+                   confidence: float) -> tuple[float, float, int, int]:
     """Mean count and interval from per-probe estimates plus a resolution bias.
 
     The probe half-width is ``z * sigma / sqrt(m)`` with ``z`` the normal quantile and
@@ -262,7 +261,6 @@ def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: 
         n: Operator size (vector length).
         bias: Resolution bias >= 0 (from the convergence check).
         confidence: Level in (0, 1) of the probe part.
-        floor: Counts known exactly (deflated part); the interval never goes below it.
 
     Returns:
         ``(mean, probe_std, low, high)``; ``probe_std`` is nan for one probe.
@@ -276,7 +274,7 @@ def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: 
     if m > 1 and math.isfinite(s):
         sigma = max(sigma, s)
     half = normal_quantile(confidence) * sigma / math.sqrt(m) + abs(bias)
-    low = max(floor, math.floor(mean - half))
+    low = max(0, math.floor(mean - half))
     high = min(n, math.ceil(mean + half))
     low = min(low, n)
     high = max(high, low)
@@ -366,100 +364,3 @@ def bracket(nodes: Tensor, weights: Tensor, tau: float, *, n: int,
     w_below = max(floor, 0.5 * (tau - lo))
     band = (hi - lo) / 2.0 if math.isfinite(hi) else w_above
     return Bracket(lo, hi, w_below, w_above, max(min(w_below, w_above), band))
-
-
-# --- lock-step Lanczos without a basis (SLQ) ---
-
-def _dot(x: Tensor, y: Tensor, reduce: Reduce) -> Tensor:
-    """Column-wise inner products, float64 on the CPU (m numbers), summed over processes."""
-    d = (x * y).sum(0, dtype=torch.float64)
-    return (d if reduce is None else reduce(d)).cpu()
-
-
-@dataclass
-class _LanczosState:
-    """Lock-step Lanczos on m probes: 3 vectors per probe, no basis."""
-
-    v_prev: Tensor  # (n, m), operator dtype
-    v: Tensor  # (n, m)
-    beta_prev: Tensor  # (m,), float64
-    alphas: list[Tensor]  # each (m,), float64
-    betas: list[Tensor]  # each (m,), float64; betas[j] couples steps j and j + 1
-    lengths: Tensor  # (m,), int64: steps done per probe (frozen at a breakdown)
-    active: Tensor  # (m,), bool
-    scale: Tensor  # (m,), float64: max |T| entry seen, for the breakdown test
-    num_matvecs: int = 0
-
-
-def _start(z: Tensor, reduce: Reduce) -> tuple[_LanczosState, Tensor]:
-    m = z.shape[1]
-    sq = _dot(z, z, reduce)
-    v = z / sq.sqrt().to(z.device, z.dtype)
-    f64 = dict(dtype=torch.float64)
-    state = _LanczosState(v_prev=torch.zeros_like(v), v=v, beta_prev=torch.zeros(m, **f64),
-                          alphas=[], betas=[], lengths=torch.zeros(m, dtype=torch.int64),
-                          active=torch.ones(m, dtype=torch.bool), scale=torch.zeros(m, **f64))
-    return state, sq
-
-
-def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> None:
-    """Run ``steps`` more lock-step Lanczos steps on the active probes."""
-    dt = state.v.dtype
-    tol = torch.finfo(dt).eps ** 0.7
-    for _ in range(steps):
-        idx = torch.nonzero(state.active).flatten()
-        if idx.numel() == 0:
-            return
-        v, vp = state.v[:, idx], state.v_prev[:, idx]
-        bp = state.beta_prev[idx]
-        w = op(v)
-        state.num_matvecs += idx.numel()
-        w = w - vp * bp.to(w.device, dt)
-        alpha = _dot(v, w, reduce)
-        w = w - v * alpha.to(w.device, dt)
-        # cheap local reorthogonalization against the two latest vectors (one reduce)
-        c = _dot(torch.cat([v, vp], 1), torch.cat([w, w], 1), reduce)
-        k = idx.numel()
-        w = w - v * c[:k].to(w.device, dt) - vp * c[k:].to(w.device, dt)
-        alpha = alpha + c[:k]
-        beta = _dot(w, w, reduce).clamp_min(0).sqrt()
-        a_full = torch.zeros_like(state.beta_prev)
-        b_full = torch.zeros_like(state.beta_prev)
-        a_full[idx], b_full[idx] = alpha, beta
-        state.alphas.append(a_full)
-        state.betas.append(b_full)
-        state.lengths[idx] += 1
-        state.scale[idx] = torch.maximum(state.scale[idx],
-                                         torch.maximum(alpha.abs(), torch.maximum(beta, bp)))
-        broke = beta <= tol * state.scale[idx]
-        safe = torch.where(broke, torch.ones_like(beta), beta)
-        state.v_prev[:, idx] = v
-        state.v[:, idx] = w / safe.to(w.device, dt)
-        state.beta_prev[idx] = beta
-        state.active[idx[broke]] = False
-
-
-def _ritz(state: _LanczosState, depth: int) -> tuple[Tensor, Tensor]:
-    """Gauss nodes and weights of every probe at ``depth`` steps (shorter after breakdown).
-
-    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``): 22x faster than a dense
-    symmetric solver at depth 1000 and 50x at 2000 (``scripts/bench/quadrature.py``,
-    docs/benchmarks.md). Memory: depth^2 float64 for the eigenvectors (512 MB at 8192), of
-    which only the first row (the weights) is kept.
-
-    Returns:
-        ``(nodes, weights)``, each (m, depth), float64, zero-padded.
-    """
-    m = state.lengths.numel()
-    a = torch.stack(state.alphas, 1) if state.alphas else torch.zeros(m, 0, dtype=torch.float64)
-    b = torch.stack(state.betas, 1) if state.betas else a
-    nodes = torch.zeros(m, depth, dtype=torch.float64)
-    weights = torch.zeros(m, depth, dtype=torch.float64)
-    for i in range(m):
-        k = min(depth, int(state.lengths[i]))
-        if k == 0:
-            continue
-        theta, s = eigh_tridiagonal(a[i, :k].numpy(), b[i, :k - 1].numpy())
-        nodes[i, :k] = torch.from_numpy(theta)
-        weights[i, :k] = torch.from_numpy(s[0] ** 2)
-    return nodes, weights

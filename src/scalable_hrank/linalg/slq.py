@@ -7,8 +7,9 @@ Ubaru & Saad 2016, "Fast methods for estimating the numerical rank of large matr
 Lin, Saad & Yang 2016, "Approximating spectral densities of large matrices").
 
 The probes run in lock-step as the columns of one block (one ``matmat`` per step on an
-(n, probes) block). No basis is kept: three vectors per probe, memory ``3 m n`` (plus the
-deflation block), independent of the number of steps. Without reorthogonalization the
+(n, probes) block). No basis is kept: two vectors per probe between steps and a few
+temporaries during one (the memory planner counts ``SLQ_VECTORS_PER_PROBE`` at the peak),
+plus the deflation block, independent of the number of steps. Without reorthogonalization the
 Gauss rule stays right (ghost Ritz values share the weight), which is all a trace needs;
 only a cheap local reorthogonalization against the two latest vectors is done.
 """
@@ -27,10 +28,6 @@ from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.counting import (
     Bracket,
     DensityRank,
-    _advance,
-    _LanczosState,
-    _ritz,
-    _start,
     bracket,
     check_tau_and_gap,
     count_interval,
@@ -38,6 +35,12 @@ from scalable_hrank.linalg.counting import (
     rademacher,
     smooth_step,
     steps_for_kappa,
+)
+from scalable_hrank.linalg.probe_lanczos import (
+    ProbeLanczos,
+    advance_probes,
+    gauss_rules,
+    start_probes,
 )
 
 __all__ = ["SLQState", "slq_density", "slq_rank"]
@@ -108,7 +111,7 @@ class SLQState:
     plus (probes, steps) float64 numbers.
     """
 
-    lanczos: _LanczosState
+    lanczos: ProbeLanczos
     sq: Tensor
     target: int = 0  # the depth the run was advancing to (decisions are made only there)
 
@@ -123,7 +126,7 @@ class SLQState:
             sq=self.sq.clone(), target=self.target)
 
     def restore(self, *, dtype: torch.dtype, device: torch.device | str
-                ) -> tuple[_LanczosState, Tensor]:
+                ) -> tuple[ProbeLanczos, Tensor]:
         """The Lanczos state with its vectors on ``device`` in ``dtype`` (a fresh copy)."""
         lz = self.snapshot().lanczos
         lz.v = lz.v.to(device=device, dtype=dtype)
@@ -144,23 +147,30 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
 
     Estimator (Ubaru, Chen & Saad 2017): for Rademacher probes ``z_l``,
     ``tr g(A) ~ (1/m) sum_l ||z_l||^2 sum_j w_lj g(theta_lj)`` with ``theta, w`` the Gauss
-    nodes and weights of the Lanczos tridiagonal started at ``z_l``. ``g`` is a C^1 smooth
-    step (``counting.smooth_step``) from ``tau`` to ``delta``, the upper end of the spectral
-    gap above ``tau`` (given, or detected on the pooled Ritz values; ``2 tau`` without a
-    gap): a hard threshold on the node nearest zero wanders (Ubaru & Saad 2016 choose the
-    threshold from the density of states; Lin, Saad & Yang 2016 for the density).
+    nodes and weights of the Lanczos tridiagonal started at ``z_l``. Two C^1 smooth steps
+    (``counting.smooth_step``) bracket the count (``counting.Bracket``): one on
+    ``[tau - w_below, tau]`` is 1 wherever ``|x| > tau``, so its trace is at least the count;
+    one on ``[tau, tau + w_above]`` is 0 wherever ``|x| <= tau``, so its trace is at most the
+    count. The widths reach halfway to the nearest Ritz values on either side (at least
+    ``tau / 4``; a given ``gap`` is trusted and filled). No gap is assumed: eigenvalues near
+    tau separate the two readings and widen the interval
+    ``[lower end of the step above, upper end of the step below]`` (probe half-width at
+    ``confidence`` plus each reading's change between ``0.75 k`` and ``k`` steps).
 
-    Depth: after 20 steps ``lambda_max`` and the gap are read from the Ritz values, the
-    depth is planned from ``kappa = lambda_max / (delta - tau)`` (``steps_for_kappa``:
-    about ``3 sqrt(kappa)`` steps for a PSD operator, ``3 kappa`` for an indefinite one)
-    and then grown by 1.5x until the counts at ``k`` and ``0.75 k`` steps (the leading
-    ``0.75 k`` block of the same tridiagonal, so free) agree within
+    Depth: after 20 steps ``lambda_max`` and the band around tau are read from the Ritz
+    values; the depth is planned from ``kappa = lambda_max / width`` with ``width`` the
+    smaller of the band and ``tau - w_below`` (what separates the step below tau from zero:
+    null-space Ritz values wander until the depth resolves that), ``steps_for_kappa``: about
+    ``3 sqrt(kappa)`` steps when no Ritz value lies below ``-width`` (zero is then an edge),
+    ``3 kappa`` otherwise, at most ``2 n`` (by then Lanczos has found every eigenvalue to
+    round-off). It grows by 1.5x until both readings at ``k`` and ``0.75 k`` steps (the
+    leading block of the same tridiagonal, so free) agree within
     ``max(1, rtol * estimate / 2)``, or the budget ends. Converged means the check passed at
     or beyond the planned depth (or every probe broke down: the rule is then exact).
-    Not converged within the budget:
-    ``converged=False`` and ``steps_needed`` / ``matvecs_needed`` say what it would take
-    (at the gap seen so far), and ``lower_bound`` bounds the count from below: it counts
-    ``|lambda| > bound_at``, the smallest magnitude the depth reached resolves.
+    Not converged within the budget: ``converged=False``, ``steps_needed`` /
+    ``matvecs_needed`` say what it would take (at the band seen so far), and ``lower_bound``
+    bounds the count from below: it counts ``|lambda| > bound_at``, the smallest magnitude
+    (at least tau) the depth reached resolves.
 
     Deflation: with an orthonormal block ``Q`` (n, d) and its Ritz values (d,) (e.g. the
     top outliers from block Krylov), the count is ``#{|theta_Q| > tau}`` plus SLQ on
@@ -168,10 +178,10 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     thus ``kappa``.
 
     Cost: ``num_probes x steps`` products (one block product per step), plus ``2 d``
-    length-n inner products per column and step when deflating. Memory: ``3 num_probes``
-    length-n vectors (``v_prev, v, w`` per probe; plus one probe block at the start) and
-    the d deflation vectors; nothing grows with the depth except the (probes, steps)
-    float64 tridiagonals.
+    length-n inner products per column and step when deflating. Memory: a few length-n
+    vectors per probe (``planner.SLQ_VECTORS_PER_PROBE`` at the peak of a step) and the d
+    deflation vectors; nothing grows with the depth except the (probes, steps) float64
+    tridiagonals and the quadrature's ``depth^2`` float64 eigenvectors of one probe.
 
     Args:
         matmat: ``X (n, k) -> A X (n, k)`` for a symmetric A, same dtype and device.
@@ -183,8 +193,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         max_steps: Cap on the steps per probe.
         num_steps: Run exactly this many steps (no planning or growth).
         psd: Whether A is positive semidefinite (plans ``sqrt(kappa)`` steps).
-        gap: ``(lower, upper)`` gap around ``tau`` known from elsewhere; ``upper`` is used
-            as ``delta``. Default: detected from the Ritz values.
+        gap: ``(lower, upper)`` known to hold no eigenvalue, ``lower <= tau < upper``: the
+            two steps then fill it. Default: the band is read from the Ritz values.
         lambda_max: Known ``max |lambda|`` (of the deflated operator when deflating).
         deflation: ``(Q, theta)``: Q (n, d) with orthonormal columns in the operator dtype
             and device, theta (d,) its Ritz values.
@@ -201,7 +211,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
             checkpoint ``state.snapshot()``); must not modify it.
 
     Returns:
-        ``DensityRank`` (``method="slq"``) with nodes/weights of shape (m, num_steps).
+        ``DensityRank`` (``method="slq"``) with nodes/weights of shape (m, num_steps);
+        ``estimate`` is the midpoint of the two readings (``readings``).
 
     Raises:
         ValueError: If ``tau <= 0``, a gap does not bracket ``tau``, ``rtol`` or
@@ -249,7 +260,7 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
             z = z - q @ (c if reduce is None else reduce(c))
 
     if resume is None:
-        state, sq = _start(z, reduce)
+        state, sq = start_probes(z, reduce)
     else:
         state, sq = resume
     del z
@@ -263,13 +274,13 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         goal = int(state.lengths.max()) + steps
         while steps > 0:
             chunk = min(steps, CHECKPOINT_STEPS)
-            _advance(state, op, chunk, reduce)
+            advance_probes(state, op, chunk, reduce)
             steps -= chunk
             if on_step is not None:
                 on_step(SLQState(lanczos=state, sq=sq, target=goal))
 
     def read(depth: int) -> tuple[Tensor, Tensor, float, Bracket]:
-        nodes, weights = _ritz(state, depth)
+        nodes, weights = gauss_rules(state, depth)
         lmax = float(nodes.abs().max()) * 1.01 if lambda_max is None else float(lambda_max)
         return nodes, weights, lmax, bracket(nodes, weights, tau, n=n, gap=gap)
 
@@ -301,7 +312,7 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
             advance(min(planned, step_cap, 2 * depth) - depth)
             continue
         lo_probe, hi_probe = readings(nodes, weights, br)
-        nodes3, weights3 = _ritz(state, max(1, round(0.75 * depth)))
+        nodes3, weights3 = gauss_rules(state, max(1, round(0.75 * depth)))
         lo3, hi3 = readings(nodes3, weights3, br)
         # a probe that broke down has an exact quadrature: it contributes no bias
         lo3 = torch.where(state.active, lo3, lo_probe)
