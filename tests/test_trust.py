@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import scalable_hrank as hr
-from scalable_hrank.errors import InputError, NumericalWarning
+from scalable_hrank.errors import InputError, NonFiniteError, NumericalWarning
 from scalable_hrank.linalg import krylov_rank
 from scalable_hrank.result import GUARANTEES, RankResult
-from scalable_hrank.threshold import NOISE_MARGIN, default_rtol, noise_floor
+from scalable_hrank.threshold import NOISE_MARGIN, default_rtol, noise_floor, noise_limited
 from tests.dense_reference import gaussian_data, linear_mlp
 from tests.linalg.planted import gapped_spectrum, planted
 
@@ -117,6 +117,15 @@ def test_density_at_the_noise_floor_is_unreliable() -> None:
     assert res.guarantee == "unreliable" and res.rank_low == 0 and res.rank_high == res.n
 
 
+def test_default_threshold_is_never_at_the_noise_floor() -> None:
+    for n in (1, 5, 10, 11, 1000):
+        for dtype in (torch.float32, torch.float64):
+            scale = 3.3
+            tol = default_rtol(n, dtype) * scale
+            assert not noise_limited(tol, noise_floor(scale, dtype))
+    assert noise_limited(9.9 * 2.0**-52, noise_floor(1.0, torch.float64))
+
+
 def test_noise_floor_is_round_off_times_scale_or_measured() -> None:
     assert noise_floor(2.0, torch.float32) == 2.0 * torch.finfo(torch.float32).eps
     assert noise_floor(2.0, torch.float64, measured=1e-9) == 1e-9
@@ -133,6 +142,7 @@ def test_non_finite_data_is_named_with_batch_and_tensor(where: str, value: float
     with pytest.raises(InputError, match=rf"batch 0 .*non-finite.*{where}") as info:
         hr.estimate_rank(model, loss, batches, "loss", method="sketch")
     assert "deterministic" not in str(info.value)
+    assert isinstance(info.value, NonFiniteError) and info.value.batch == 0
 
 
 def test_non_finite_in_a_mapping_input_names_the_key() -> None:

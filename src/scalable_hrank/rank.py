@@ -256,20 +256,22 @@ def _with(res: RankResult, **changes: Any) -> RankResult:
 def _check_noise_floor(res: RankResult, dtype: torch.dtype) -> RankResult:
     """Mark a matrix-free count whose threshold sits at the product noise floor unreliable.
 
-    The floor is ``eps(dtype) * scale`` or the measured product error when larger
-    (:func:`scalable_hrank.threshold.noise_floor`). Within ``NOISE_MARGIN`` of it round-off
-    can move eigenvalues across ``tol`` either way, so neither a certificate nor a bound
-    holds: the result says so, with the fix, and a :class:`NumericalWarning` is raised.
+    The decision uses the round-off floor ``eps(dtype) * scale``; ``noise_floor`` records
+    the larger of it and the error measured from the products' asymmetry (a noisy estimate
+    at small n, so it informs but does not decide). Below ``NOISE_MARGIN`` times the floor,
+    round-off can move eigenvalues across ``tol`` either way, so neither a certificate nor a
+    bound holds: the result says so, with the fix, and a :class:`NumericalWarning` is raised.
     An exact dense output-space count is left as it is.
     """
-    floor = noise_floor(res.scale, dtype, res.noise_floor or 0.0)
+    floor = noise_floor(res.scale, dtype)
+    recorded = noise_floor(res.scale, dtype, res.noise_floor or 0.0)
     if res.guarantee == "exact" or res.extra.get("space") == "outputs-dense":
-        return _with(res, noise_floor=floor)
+        return _with(res, noise_floor=recorded)
     if not noise_limited(res.tol, floor):
-        return _with(res, noise_floor=floor)
+        return _with(res, noise_floor=recorded)
     note = noise_note(res.tol, floor, dtype)
     warnings.warn(f"{res.kind}: {note}", NumericalWarning, stacklevel=3)
-    return _with(res, noise_floor=floor, guarantee="unreliable", certified=False, rank_low=0,
+    return _with(res, noise_floor=recorded, guarantee="unreliable", certified=False, rank_low=0,
                  rank_high=res.n, confidence=1.0, notes=(*res.notes, note))
 
 

@@ -9,7 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scalable_hrank.errors import InputError
+from scalable_hrank.errors import InputError, NonFiniteError
+
+
+class NonFiniteDataError(InputError, NonFiniteError):
+    """The user's data holds NaN or inf: bad input (exit 2) that makes the loss non-finite."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,8 @@ class BatchSource:
     with replacement, random augmentation) is reported instead of giving a random matrix.
 
     Raises:
-        InputError: A batch with NaN or inf in its inputs or targets (named, with the
-            batch index).
+        NonFiniteDataError: A batch with NaN or inf in its inputs or targets (named, with
+            the batch index); an ``InputError`` and a ``NonFiniteError``.
         ValueError: Empty data, a batch that is not an (inputs, targets) pair, inputs and
             targets with different batch sizes.
     """
@@ -141,8 +145,9 @@ class BatchSource:
             if not check:
                 bad = _non_finite(x, "inputs") or _non_finite(y, "targets")
                 if bad is not None:
-                    msg = f"batch {i} has non-finite data in its {bad}; clean or drop it"
-                    raise InputError(msg)
+                    msg = (f"batch {i} has non-finite data in its {bad}, so the loss is not "
+                           "finite; clean or drop those samples")
+                    raise NonFiniteDataError(msg, num_matvecs=0, batch=i)
             fp = _fingerprint(x, y)
             prints.append(fp)
             seen = len(prints)
