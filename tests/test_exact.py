@@ -117,8 +117,9 @@ def test_result_json_round_trip(tmp_path) -> None:
     path = tmp_path / "r.json"
     res.to_json(path)
     data = json.loads(path.read_text())
-    for key in ("rank", "n", "kind", "method", "tol", "matvecs", "seconds", "certified"):
+    for key in ("rank", "n", "kind", "method", "tol", "matvecs", "seconds", "certified",
+                "guarantee"):
         assert key in data
     back = hr.RankResult.from_json(path)
-    assert back == res
-    assert "certified" in res.summary()
+    assert back == res and back.guarantee == "exact"
+    assert f"rank {res.rank} (exact)" in res.summary()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from scalable_hrank.planner import (
+    DENSE_COPIES,
     PlanError,
     available_memory,
+    density_vectors,
     format_bytes,
     measure_activation_bytes,
     plan,
@@ -17,6 +21,7 @@ from scalable_hrank.planner import (
 )
 
 MiB = 2**20
+GiB = 2**30
 
 
 def mlp(dtype=torch.float32):
@@ -36,7 +41,7 @@ def test_measure_activation_bytes_counts_saved_tensors_once():
 
 def test_auto_picks_exact_for_small_n():
     p = plan(mlp(), 325, batch(), "auto", torch.float64, "cpu", memory_bytes=64 * MiB)
-    assert p.method == "exact" and p.storage_bytes == 2 * 8 * 325**2
+    assert p.method == "exact" and p.storage_bytes == DENSE_COPIES * 8 * 325**2
     assert p.total_bytes <= p.available_bytes and p.expected_products == 325
     assert "auto chose exact" in p.notes
     assert p.to_dict()["method"] == "exact" and "exact" in p.summary()
@@ -44,14 +49,35 @@ def test_auto_picks_exact_for_small_n():
 
 def test_auto_picks_sketch_then_density():
     n = 10**6
-    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=400 * MiB,
+    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=350 * MiB,
              activation_bytes=MiB)
     assert p.method == "sketch" and p.block_size == 8
-    # Room: 400 MiB - 10 MiB activations - model - 2 blocks of 8 -> about 80 basis vectors.
-    assert 60 <= p.max_rank <= 80
-    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=400 * MiB,
+    # Room: 350 MiB - 10 MiB activations - model - 2 blocks of 8 -> about 73 basis vectors,
+    # 49 of them for the rank; density (96 probe vectors even without deflation) does not fit
+    assert 40 <= p.max_rank <= 55
+    assert any("density does not fit either" in note for note in p.notes)
+    # with room for a density count, auto never takes a capped sketch (only a bound)
+    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=GiB,
+             activation_bytes=MiB)
+    assert p.method == "density" and p.deflation == 0
+    quadrature = 8 * (16000 // 12) ** 2
+    assert p.storage_bytes == density_vectors(n, 12, 0) * n * 4 + quadrature
+    assert any("deflation lowered from 32 to 0" in note for note in p.notes)
+    p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=GiB,
              activation_bytes=MiB, expected_rank=500)
-    assert p.method == "density" and p.storage_bytes == 3 * 8 * n * 4
+    assert p.method == "density"
+
+
+def test_density_plan_counts_deflation_basis_probes_and_quadrature():
+    n = 1740
+    p = plan(mlp(), n, batch(), "density", torch.float64, "cpu", memory_bytes=GiB,
+             activation_bytes=MiB, probes=12, deflation=32, density_matvecs=16000)
+    # the deflation's block Lanczos basis dominates: m = min(n, 8 d + 64), grown by
+    # reallocation (2.5 m at the last growth), plus 3 blocks of 8 and the d kept vectors
+    d = min(32, n // 10)
+    assert density_vectors(n, 12, d) == max(math.ceil(2.5 * (8 * d + 64)) + 24 + d, d + 8 * 12)
+    assert p.storage_bytes == density_vectors(n, 12, 32) * n * 8 + 8 * (16000 // 12) ** 2
+    assert p.activation_bytes == MiB and p.product_bytes == MiB * (2 + 12)
 
 
 def test_block_size_lowered_to_fit():

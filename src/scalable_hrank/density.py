@@ -27,7 +27,7 @@ from scalable_hrank.result import RankResult, find_gap, rank_curve
 
 #: Default budget of the SLQ stage (products), probes and deflated eigenpairs.
 DEFAULT_DENSITY_MATVECS = 16000
-DEFAULT_PROBES = 8
+DEFAULT_PROBES = 12
 DEFAULT_DEFLATE = 32
 #: Largest output dimension M for which H_O is counted from the dense M x M Gram matrix
 #: (M products, 8 M^2 bytes: 134 MB at 4096).
@@ -85,15 +85,16 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         output_space: Allow the output-space count of H_O (False: always SLQ on ``op``).
 
     Returns:
-        RankResult with method "density", certified False (True only for the exact dense
-        output-space count), ``rank_low``/``rank_high`` at
-        ``confidence``. When SLQ does not converge within the budget the result says so
-        (``extra["feasible"] = False``, ``extra["matvecs_needed"]``): ``rank`` and
-        ``rank_low`` are then a lower bound (the count of the eigenvalues the depth reached
-        resolves, ``extra["resolved_threshold"]``, at ``confidence``; else the deflated
-        count) and ``rank_high`` is P (M in the output space): no number is guessed.
-        ``extra["space"]`` says where the count ran ("parameters",
-        "outputs" or "outputs-dense"; the last is exact and certified).
+        RankResult with method "density". Converged: guarantee "estimate", ``rank`` the point
+        estimate (midpoint of the two bracketing readings, ``extra["readings"]``) and
+        ``[rank_low, rank_high]`` its interval at ``confidence``; the exact dense
+        output-space count is "certified". When SLQ does not converge within the budget the
+        result says so (guarantee "bound", ``extra["feasible"] = False``,
+        ``extra["matvecs_needed"]``): ``rank`` and ``rank_low`` are then a lower bound
+        (the count of the eigenvalues the depth reached resolves,
+        ``extra["resolved_threshold"]``, at ``confidence``) and ``rank_high`` is P (M in the
+        output space): no number is guessed. ``extra["space"]`` says where the count ran
+        ("parameters", "outputs" or "outputs-dense"; the last is exact and certified).
     """
     budget = max_matvecs if max_matvecs is not None else DEFAULT_DENSITY_MATVECS
     counted: _Counted = op
@@ -122,14 +123,17 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         "num_probes": dr.num_probes, "converged": dr.converged, "feasible": dr.converged,
         "steps_needed": dr.steps_needed, "matvecs_needed": dr.matvecs_needed + spent,
         "kappa": dr.kappa, "lambda_max_deflated": dr.lambda_max, "delta": dr.delta,
+        "delta_below": dr.delta_below,
         "num_deflated": dr.num_deflated, "deflated_count": dr.deflated_count,
         "deflation_matvecs": spent, "psd": psd,
         "space": "outputs" if counted is not op else "parameters", "counted_size": counted.size,
         **_spectrum_of(op.size, counted.size, dr.nodes, dr.weights),
     }
     if dr.converged:
-        rank, low, high = dr.rank, dr.rank_low, dr.rank_high
+        rank, low, high, guarantee = dr.rank, dr.rank_low, dr.rank_high, "estimate"
+        extra["readings"] = dr.readings
     else:
+        guarantee = "bound"
         fixes = ("raise max_matvecs, deflate more, or raise the threshold"
                  if dr.steps_needed <= MAX_DEPTH else
                  f"that is beyond the depth cap ({MAX_DEPTH} steps): deflate more or raise "
@@ -142,12 +146,15 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         if dr.lower_bound is not None:  # includes the deflated count
             low = dr.lower_bound
             extra["resolved_threshold"] = dr.bound_at
+            unresolved = (f"Eigenvalues between tau and {dr.bound_at:.3g} are not resolved"
+                          if dr.bound_at > tau else
+                          "Eigenvalues just below tau are not yet told from those above it")
             notes.append(
                 f"bound: at {dr.num_steps} steps SLQ resolves |lambda| above about "
                 f"{dr.bound_at:.3g} (tau = {tau:.3g}); counting those gives rank >= {low} "
-                f"(lower end at {confidence:.0%}, with the 0.75 k vs k change). Eigenvalues "
-                f"between tau and {dr.bound_at:.3g} are not resolved, so the count at tau is "
-                f"not reported as the rank (it read {dr.estimate:.1f}, unverified).")
+                f"(lower end at {confidence:.0%}, with the 0.75 k vs k change). {unresolved}, "
+                f"so the count at tau is not reported as the rank (it read "
+                f"{dr.estimate:.1f}, unverified).")
         else:
             notes.append("Only the deflated count is a known lower bound.")
         rank, high = low, counted.size
@@ -159,7 +166,7 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
     return RankResult(
         rank=rank, n=op.size, kind=op.kind, method="density", tol=tau, scale=dr.lambda_max,
         matvecs=spent + dr.num_matvecs, seconds=0.0, certified=False, rank_low=low,
-        rank_high=high, confidence=level,
+        rank_high=high, confidence=level, guarantee=guarantee,
         eigenvalues=tuple(sorted(mags, reverse=True)) or None, gap=dr.gap, notes=tuple(notes),
         dtype=str(op.dtype), device=str(op.device), extra=extra,
     )
@@ -174,10 +181,11 @@ def bound_from_parts(res: RankResult, parts: Sequence[CurvatureOperator], *, see
     ``rank_tau(H_L) <= rank_{tau/2}(H_O) + rank_{tau/2}(H_F)`` at every threshold tau. Each
     part is counted by :func:`density_rank` at ``tau / 2`` (H_O exactly in the output space
     when it is small, H_F by SLQ, whose zero is interior too but usually behind a gap).
-    When both counts are feasible, ``rank_high`` becomes the sum of their upper ends and
-    ``rank`` the midpoint of ``[rank_low, rank_high]``; ``confidence`` is then that of all
-    three one-sided ends holding together (union bound: ``1 - 3 (1 - c) / 2``). The bound is
-    tight when the ranges of H_O and H_F meet little (measured: docs/benchmarks.md).
+    When both counts are feasible, ``rank_high`` becomes the sum of their upper ends;
+    ``confidence`` is then that of all three one-sided ends holding together (union bound:
+    ``1 - 3 (1 - c) / 2``). The result stays a "bound" (``rank == rank_low``);
+    ``extra["midpoint"]`` is the middle of the two bounds, close to the rank when the ranges
+    of H_O and H_F meet little (measured: docs/benchmarks.md).
 
     Args:
         res: An infeasible :func:`density_rank` result for H_L (``rank_low`` its lower bound).
@@ -210,14 +218,15 @@ def bound_from_parts(res: RankResult, parts: Sequence[CurvatureOperator], *, see
         return dataclasses.replace(res, notes=(*res.notes, note), extra=extra)
     low = res.rank_low
     high = max(low, min(res.n, sum(highs)))
-    rank = round((low + high) / 2)
+    mid = (low + high) / 2
     level = 1.0 - 1.5 * (1.0 - res.confidence)
+    extra["midpoint"] = mid
     note = (f"upper bound from the parts at tau / 2: rank(H_L) <= {highs[0]} "
-            f"({parts[0].kind}) + {highs[1]} ({parts[1].kind}) = {high} (Weyl); the rank is "
-            f"the midpoint of [{low}, {high}], within +-{(high - low) / 2:.0f} "
-            f"({(high - low) / 2 / max(rank, 1):.1%}) at {level:.1%}")
-    return dataclasses.replace(res, rank=rank, rank_high=high, confidence=level,
-                               notes=(*res.notes, note), extra=extra)
+            f"({parts[0].kind}) + {highs[1]} ({parts[1].kind}) = {high} (Weyl); both bounds "
+            f"hold together at {level:.1%}; their midpoint {mid:.0f} is within "
+            f"+-{(high - low) / 2:.0f} ({(high - low) / 2 / max(mid, 1):.1%}) of the rank")
+    return dataclasses.replace(res, rank=low, rank_high=high, confidence=level,
+                               guarantee="bound", notes=(*res.notes, note), extra=extra)
 
 
 def _dense_output_rank(op: CurvatureOperator, gram: OutputGramOperator, *, tau: float,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from scalable_hrank.operators import CurvatureOperator, parameter_space
 from scalable_hrank.operators.losses import LossFn
+from scalable_hrank.planner import DENSE_COPIES
 from scalable_hrank.result import RankResult, find_gap, rank_curve
 from scalable_hrank.threshold import check_thresholds, resolve_threshold
 
@@ -21,11 +22,13 @@ DEFAULT_DENSE_MEMORY = 4 * 2**30
 
 
 def dense_memory_bytes(n: int, kinds: Sequence[str]) -> int:
-    """Bytes for the dense path: matrix, symmetrized copy and eigvalsh workspace per matrix.
+    """Bytes for the dense path: ``DENSE_COPIES`` float64 n x n matrices per matrix.
 
-    The matrices are those of ``kinds`` plus H_L, whose sigma_max is the threshold's scale.
+    Those are the matrix, its transpose sums and the eigensolver's copy (the memory
+    planner's count). The matrices are those of ``kinds`` plus H_L, whose sigma_max is the
+    threshold's scale.
     """
-    return 3 * 8 * n * n * len({"loss", *kinds})
+    return DENSE_COPIES * 8 * n * n * len({"loss", *kinds})
 
 
 def model_copy(model: nn.Module, dtype: torch.dtype,

@@ -14,17 +14,24 @@ Before any product is taken, :func:`plan` adds up
   ========  ==============================================================  ===========
   method    storage                                                         products
   ========  ==============================================================  ===========
-  exact     dense H in float64 plus one symmetrised copy: 2 * 8 n^2        n
+  exact     dense H in float64, its transpose sums and the eigvalsh         n
+            workspace: ``DENSE_COPIES * 8 n^2``
   sketch    block Krylov basis (r + 3k) n plus 2 blocks in flight: 2 k n    ~ r + 2k + 40
   lanczos   Lanczos basis m n (full reorthogonalisation), m = r + 3k
-  density   SLQ: 3 n per probe plus the deflation basis d n                 probes x steps
+  density   the larger of the deflation phase, its block Lanczos basis      probes x steps
+            ``m = min(n, 8 d + 64)`` grown by reallocation (``2.5 m``, the
+            old and the 1.5x larger new buffer) plus ``3 * 8 + d`` vectors,
+            and the SLQ phase, the
+            d deflation vectors plus ``SLQ_VECTORS_PER_PROBE`` per probe; on
+            the CPU also the quadrature's ``8 depth^2`` bytes
   ========  ==============================================================  ===========
 
 and compares the total with the device memory (CUDA: free memory plus what the model already
 occupies there; CPU: ``fraction`` of the available RAM from ``os.sysconf``). ``method="auto"``
-takes exact when n <= ``exact_max_n`` and it fits, else sketch (the largest block that fits;
-it reports the largest rank the basis can hold), else density; it refuses with a
-:class:`PlanError` that gives the numbers and what to change.
+takes the most informative method that fits: exact when n <= ``exact_max_n``, else a sketch
+whose basis can hold every rank (or ``expected_rank``), else density, and only when density
+does not fit either a sketch with a capped basis (which can only return a bound beyond its
+cap); it refuses with a :class:`PlanError` that gives the numbers and what to change.
 
 Precision: bf16/fp16 models get products in their own dtype only with
 ``allow_low_precision=True`` (the plan states the error budget); otherwise products are
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +52,7 @@ import torch
 from torch import nn
 
 from .errors import HRankError
+from .linalg.slq import MAX_DEPTH as _MAX_DEPTH
 
 __all__ = ["Plan", "PlanError", "plan", "available_memory", "measure_activation_bytes",
            "product_dtype", "tf32_disabled", "METHODS", "format_bytes"]
@@ -100,6 +109,8 @@ class Plan:
         error_budget: Relative threshold (of lambda_max) below which eigenvalues cannot be
             told from zero at the product precision: 10 eps(dtype).
         notes: Human-readable remarks (upcasts, fallbacks, smaller blocks).
+        deflation: Density only: the deflation eigenpairs that fit (lowered from the
+            request when needed; None for the other methods).
     """
 
     method: str
@@ -119,6 +130,7 @@ class Plan:
     low_precision: bool = False
     error_budget: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    deflation: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
@@ -147,7 +159,7 @@ def tf32_disabled() -> Iterator[None]:
     """Turn TF32 off for CUDA matmul and cuDNN inside the block (restored on exit).
 
     TF32 rounds float32 matmul inputs to a 10-bit mantissa (relative error ~5e-4), far
-    above the float32 noise floor that rank thresholds assume (DESIGN.md, "Numerics").
+    above the float32 noise floor that rank thresholds assume (docs/theory.md#threshold-rule).
     Harmless on CPU-only machines.
 
     Yields:
@@ -272,19 +284,42 @@ def measure_activation_bytes(model: nn.Module, batch_example: Any) -> int:
     return int(sum(seen.values()))
 
 
+#: Length-n vectors per SLQ probe at the peak of a lock-step Lanczos step (the two kept
+#: vectors, the product, the gathered active columns and the temporaries of the update).
+SLQ_VECTORS_PER_PROBE = 8
+#: Block width of the deflation's block Lanczos.
+DEFLATION_BLOCK = 8
+#: n x n float64 matrices alive at the peak of the dense path (the matrix, ``m - m.T``,
+#: ``m + m.T``, its half, and the eigensolver's copy).
+DENSE_COPIES = 5
+
+
+def deflation_basis(n: int, deflation: int) -> int:
+    """Columns the deflation's block Lanczos holds at most: ``min(n, 8 d + 64)``."""
+    return min(n, 8 * deflation + 64) if deflation > 0 else 0
+
+
+def density_vectors(n: int, probes: int, deflation: int) -> int:
+    """Length-n vectors at the peak of a density count (module table)."""
+    defl = deflation_basis(n, deflation)
+    phase1 = math.ceil(2.5 * defl) + 3 * DEFLATION_BLOCK + deflation if defl else 0
+    return max(phase1, deflation + SLQ_VECTORS_PER_PROBE * probes)
+
+
 def _storage(method: str, n: int, nbytes: int, k: int, rank_cap: int, probes: int,
-             deflation: int) -> int:
+             deflation: int, depth: int) -> int:
     if method == "exact":
-        return 2 * 8 * n * n
+        return DENSE_COPIES * 8 * n * n
     if method in ("sketch", "lanczos"):
         return (min(n, rank_cap + 3 * k) + 2 * k) * n * nbytes
-    return (3 * probes + deflation) * n * nbytes
+    return density_vectors(n, probes, deflation) * n * nbytes + 8 * depth * depth
 
 
 def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: str = "auto",
          dtype: torch.dtype | None = None, device: str | torch.device | None = None, *,
          memory_bytes: int | None = None, expected_rank: int | None = None,
-         block_size: int = 8, probes: int = 8, deflation: int = 0,
+         block_size: int = 8, probes: int = 12, deflation: int = 32,
+         density_matvecs: int = 16000,
          activation_bytes: int | None = None, allow_low_precision: bool = False,
          exact_max_n: int = 20_000, fraction: float = 0.8) -> Plan:
     """Check that a rank computation fits and choose method and block size.
@@ -303,7 +338,8 @@ def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: s
             reports the largest rank that fits; at least 3 k + 1 columns must fit).
         block_size: Largest k to try; halved until the plan fits.
         probes: SLQ probes for ``density``.
-        deflation: Deflation vectors for ``density``.
+        deflation: Deflation eigenpairs for ``density`` (capped at n // 10 as it runs).
+        density_matvecs: Product budget of the SLQ stage (sets the quadrature's depth).
         activation_bytes: Skip the measuring forward and use this A.
         allow_low_precision: Accept bf16/fp16 products (see :func:`product_dtype`).
         exact_max_n: Largest n for which ``auto`` picks the dense method.
@@ -356,20 +392,26 @@ def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: s
         a_method = "given"
 
     rank_cap = n if expected_rank is None else min(n, int(expected_rank))
+    d = min(deflation, n // 10)
+    # the quadrature's tridiagonal eigenvectors live in host memory
+    depth = min(_MAX_DEPTH, max(2, density_matvecs // probes)) if dev.type == "cpu" else 0
 
-    def total(m: str, k: int, cap: int) -> tuple[int, int, int]:
-        prod = A * (2 + k)
-        st = _storage(m, n, nbytes, k, cap, probes, deflation)
+    def total(m: str, k: int, cap: int, dd: int = d) -> tuple[int, int, int]:
+        prod = A * (2 + (max(probes, DEFLATION_BLOCK) if m == "density" else k))
+        st = _storage(m, n, nbytes, k, cap, probes, dd, depth)
         return prod, st, model_bytes + prod + st
 
-    def make(m: str, k: int, cap: int, max_rank: int | None, products: int | None) -> Plan:
-        prod, st, tot = total(m, k, cap)
+    def make(m: str, k: int, cap: int, max_rank: int | None, products: int | None,
+             dd: int = d) -> Plan:
+        prod, st, tot = total(m, k, cap, dd)
         extra = () if k == block_size or m == "density" else (
             f"block size lowered to {k} to fit",)
+        if m == "density" and dd < d:
+            extra = (f"deflation lowered from {d} to {dd} eigenpairs to fit",)
         return Plan(m, k, n, str(pdt), str(dev), model_bytes, A, a_method, prod, st, tot,
                     available, max_rank=max_rank, expected_products=products,
                     low_precision=pdt in _LOW, error_budget=budget,
-                    notes=tuple(notes) + extra)
+                    notes=tuple(notes) + extra, deflation=dd if m == "density" else None)
 
     def try_method(m: str) -> Plan | None:
         ks = [block_size]
@@ -387,32 +429,51 @@ def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: s
                 cap = rank_cap if expected_rank is not None else max_rank
                 products = None if expected_rank is None else min(n, rank_cap + 2 * k + 40)
                 return make(m, k, cap, max_rank, products)
-            if total(m, k, rank_cap)[2] <= available:
+            if m == "density":
+                for dd in sorted({d, d // 2, d // 4, 0}, reverse=True):
+                    if total(m, k, rank_cap, dd)[2] <= available:
+                        return make(m, k, rank_cap, None, None, dd)
+            elif total(m, k, rank_cap)[2] <= available:
                 return make(m, k, rank_cap, None, n if m == "exact" else None)
         return None
 
     candidates = [method] if method != "auto" else (
         (["exact"] if n <= exact_max_n else []) + ["sketch", "density"])
+    capped: Plan | None = None
     for m in candidates:
         p = try_method(m)
-        if p is not None:
-            if method == "auto":
-                p = replace(p, notes=p.notes + (f"auto chose {m}",))
-            logger.info("%s", p.summary())
-            return p
+        if p is None:
+            continue
+        if method == "auto" and m == "sketch" and p.max_rank is not None and p.max_rank < min(
+                n, rank_cap if expected_rank is not None else n):
+            # a capped basis can only bound ranks above its cap: density first, if it fits
+            capped = p
+            continue
+        if method == "auto":
+            p = replace(p, notes=p.notes + (f"auto chose {m}",))
+        logger.info("%s", p.summary())
+        return p
+    if capped is not None:
+        p = replace(capped, notes=capped.notes + (
+            f"auto chose sketch with a basis capped at {capped.max_rank} vectors: density "
+            "does not fit either; ranks above the cap get only a bound",))
+        logger.info("%s", p.summary())
+        return p
 
     # Nothing fits: report the cheapest configuration of each candidate and what to change.
     lines = []
     cheapest = None
     for m in candidates:
-        prod, st, tot = total(m, 1, rank_cap if m != "sketch" or expected_rank else 1)
+        prod, st, tot = total(m, 1, rank_cap if m != "sketch" or expected_rank else 1,
+                              0 if m == "density" else d)
         cheapest = tot if cheapest is None else min(cheapest, tot)
         lines.append(f"{m}: model {format_bytes(model_bytes)} + activations "
                      f"{format_bytes(prod)} + storage {format_bytes(st)} = {format_bytes(tot)}")
     fixes = [f"select fewer parameters (--params, now n = {n:,})",
              f"use a smaller batch (activations A = {format_bytes(A)} per forward)"]
     if method in ("exact", "sketch", "lanczos"):
-        fixes.append("use method 'density' (memory (3 probes + deflation) n)")
+        fixes.append("use method 'density' (memory about "
+                     f"{density_vectors(n, probes, d)} n: probes and deflation basis)")
     if pdt == torch.float64:
         fixes.append("use float32 products (halves vector storage)")
     fixes.append("run on a device with more memory or pass memory_bytes / --memory")

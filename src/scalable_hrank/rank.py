@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,14 @@ import torch
 from torch import nn
 
 from scalable_hrank._validation import check_choice, check_positive_int
-from scalable_hrank.density import bound_from_parts, density_rank
-from scalable_hrank.errors import NotConvergedError
+from scalable_hrank.density import (
+    DEFAULT_DEFLATE,
+    DEFAULT_DENSITY_MATVECS,
+    DEFAULT_PROBES,
+    bound_from_parts,
+    density_rank,
+)
+from scalable_hrank.errors import NotConvergedError, NumericalWarning
 from scalable_hrank.exact import DEFAULT_DENSE_MEMORY, exact_rank, model_copy
 from scalable_hrank.linalg.eigen import eigenpairs, spectral_norm
 from scalable_hrank.linalg.krylov_rank import KrylovRank, certificate_steps_for, krylov_rank
@@ -27,7 +34,13 @@ from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.operators.losses import LossFn
 from scalable_hrank.planner import format_bytes, plan
 from scalable_hrank.result import RankResult, find_gap, rank_curve
-from scalable_hrank.threshold import check_thresholds, default_rtol
+from scalable_hrank.threshold import (
+    check_thresholds,
+    default_rtol,
+    noise_floor,
+    noise_limited,
+    noise_note,
+)
 
 METHODS = ("auto", "exact", "sketch", "lanczos", "density")
 #: Largest P for which method "auto" picks the dense reference.
@@ -59,8 +72,7 @@ def _krylov_result(kr: KrylovRank, *, kind: str, method: str, n: int, scale: flo
                    matvecs: int, seconds: float, notes: list[str], dtype: torch.dtype,
                    device: torch.device, extra: dict[str, Any]) -> RankResult:
     ritz = kr.ritz_values.tolist()
-    floor = 10 * kr.noise_floor
-    gap = find_gap(ritz, floor=floor)
+    gap = find_gap(ritz, floor=10 * noise_floor(scale, dtype, kr.noise_floor))
     if not kr.certified:
         notes.append(f"not certified within {matvecs} products: rank {kr.rank} is a certified "
                      f"lower bound; upper bound {kr.rank_high}")
@@ -70,6 +82,7 @@ def _krylov_result(kr: KrylovRank, *, kind: str, method: str, n: int, scale: flo
     return RankResult(
         rank=kr.rank, n=n, kind=kind, method=method, tol=kr.tol, scale=scale, matvecs=matvecs,
         seconds=seconds, certified=kr.certified, rank_low=kr.rank_low, rank_high=kr.rank_high,
+        guarantee="certified" if kr.certified else "bound",
         eigenvalues=tuple(ritz), inertia=kr.inertia, noise_floor=kr.noise_floor,
         rank_curve=rank_curve(ritz, scale), gap=gap, notes=tuple(notes), dtype=str(dtype),
         device=str(device),
@@ -144,9 +157,14 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     notes: list[str] = []
     extra: dict[str, Any] = {}
     first = next(iter(op._batches))  # noqa: SLF001 - the batch the planner measures
+    dopts = density or {}
     chosen = plan(model_c, n, (first.inputs, first.targets), method, dtype=op.dtype,
                   device=op.device, memory_bytes=memory_bytes, block_size=block_size,
-                  exact_max_n=AUTO_EXACT_MAX_N)  # raises PlanError (numbers, fixes) if no fit
+                  exact_max_n=AUTO_EXACT_MAX_N,
+                  probes=dopts.get("num_probes", DEFAULT_PROBES),
+                  deflation=dopts.get("num_deflate", DEFAULT_DEFLATE),
+                  density_matvecs=max_matvecs or DEFAULT_DENSITY_MATVECS,
+                  )  # raises PlanError (numbers, fixes) if no fit
     extra["plan"] = chosen.to_dict()
     if (max_matvecs is None and chosen.max_rank is not None and chosen.max_rank < n
             and chosen.method in ("sketch", "lanczos")):
@@ -181,6 +199,8 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
             scale_matvecs = op_loss.matvecs
         tol = max(atol or 0.0, (rtol_eff or 0.0) * scale)
     if method == "density":
+        if chosen.deflation is not None and "num_deflate" not in dopts:
+            density = {**dopts, "num_deflate": chosen.deflation}
         if tol is None:
             scale = spectral_scale(op, generator)
             tol = (rtol_eff or 0.0) * scale
@@ -202,9 +222,10 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
                 res = _with(res, notes=(*res.notes, (
                     "for an upper bound too, count the parts: density={'bound_from_parts': "
                     "True} (CLI --parts-bound) bounds rank(H_L) by rank(H_O) + rank(H_F)")))
-        return _with(res, matvecs=matvecs, scale=scale,
-                     seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
-                     extra={**res.extra, **extra})
+        res = _with(res, matvecs=matvecs, scale=scale,
+                    seconds=time.perf_counter() - start, notes=tuple(notes) + res.notes,
+                    extra={**res.extra, **extra})
+        return _check_noise_floor(res, op.dtype)
     overhead = op.matvecs + scale_matvecs
     matmat, n_local, reduce, shard = op.matmat, n, None, None
     if shard_basis and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -221,14 +242,37 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     if scale is None:
         scale = kr.sigma_max_estimate
     extra["block_size"] = 1 if method == "lanczos" else block_size
-    return _krylov_result(kr, kind=kind, method=method, n=n, scale=scale,
-                          matvecs=overhead + kr.num_matvecs,
-                          seconds=time.perf_counter() - start, notes=notes, dtype=op.dtype,
-                          device=op.device, extra=extra)
+    res = _krylov_result(kr, kind=kind, method=method, n=n, scale=scale,
+                         matvecs=overhead + kr.num_matvecs,
+                         seconds=time.perf_counter() - start, notes=notes, dtype=op.dtype,
+                         device=op.device, extra=extra)
+    return _check_noise_floor(res, op.dtype)
 
 
 def _with(res: RankResult, **changes: Any) -> RankResult:
     return dataclasses.replace(res, **changes)
+
+
+def _check_noise_floor(res: RankResult, dtype: torch.dtype) -> RankResult:
+    """Mark a matrix-free count whose threshold sits at the product noise floor unreliable.
+
+    The decision uses the round-off floor ``eps(dtype) * scale``; ``noise_floor`` records
+    the larger of it and the error measured from the products' asymmetry (a noisy estimate
+    at small n, so it informs but does not decide). Below ``NOISE_MARGIN`` times the floor,
+    round-off can move eigenvalues across ``tol`` either way, so neither a certificate nor a
+    bound holds: the result says so, with the fix, and a :class:`NumericalWarning` is raised.
+    An exact dense output-space count is left as it is.
+    """
+    floor = noise_floor(res.scale, dtype)
+    recorded = noise_floor(res.scale, dtype, res.noise_floor or 0.0)
+    if res.guarantee == "exact" or res.extra.get("space") == "outputs-dense":
+        return _with(res, noise_floor=recorded)
+    if not noise_limited(res.tol, floor):
+        return _with(res, noise_floor=recorded)
+    note = noise_note(res.tol, floor, dtype)
+    warnings.warn(f"{res.kind}: {note}", NumericalWarning, stacklevel=3)
+    return _with(res, noise_floor=recorded, guarantee="unreliable", certified=False, rank_low=0,
+                 rank_high=res.n, confidence=1.0, notes=(*res.notes, note))
 
 
 

@@ -16,14 +16,36 @@ from scalable_hrank._io import atomic_write_text
 CURVE_RTOLS: tuple[float, ...] = (1e-15, 1e-14, 1e-13, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7,
                                   1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
+#: What a result promises, strongest first (see :class:`RankResult`).
+GUARANTEES: tuple[str, ...] = ("exact", "certified", "estimate", "bound", "unreliable")
+
 
 @dataclass(frozen=True)
 class RankResult:
     """Numerical rank of one curvature matrix, with everything needed to judge it.
 
+    ``guarantee`` says which promise the numbers keep; ``rank``, ``rank_low``,
+    ``rank_high``, ``certified`` and ``confidence`` mean, for each:
+
+    - "exact": dense float64 eigendecomposition. ``rank`` is the count at ``tol``;
+      ``rank_low == rank == rank_high``, ``certified`` True, ``confidence`` 1.
+    - "certified": a Krylov residual certificate holds at ``tol`` (or an exact dense
+      output-space count). Same meaning as "exact".
+    - "estimate": a converged statistical estimate (spectral density). ``rank`` is the point
+      estimate; ``[rank_low, rank_high]`` holds with probability ``confidence``;
+      ``certified`` False.
+    - "bound": only bounds are known (the budget ran out, or the count is infeasible).
+      ``rank == rank_low``, the largest count known to hold from below; ``rank_high`` the
+      upper bound that holds (``n`` when none is known). Both hold with probability
+      ``confidence`` (1 for deterministic bounds); ``certified`` False.
+    - "unreliable": ``tol`` lies within about 10x of the product noise floor, so round-off
+      can move eigenvalues across it: neither a certificate nor a bound holds. ``rank`` is
+      the count read at ``tol`` (unverified), ``rank_low = 0``, ``rank_high = n``,
+      ``certified`` False; ``notes`` say why and what fixes it (float64 products, a larger
+      ``rtol``).
+
     Attributes:
-        rank: Eigenvalues with ``abs(lambda) > tol``. When ``certified`` is False this is the
-            certified lower bound (never a guess); see ``rank_low``/``rank_high``.
+        rank: The count at ``tol``, the point estimate, or the lower bound (see above).
         n: Number of parameters P (the matrix is P x P).
         kind: "loss" (H_L), "outer" (H_O, Gauss-Newton) or "functional" (H_F).
         method: "exact", "sketch", "lanczos", "density" (or "predict" for formulas).
@@ -34,6 +56,8 @@ class RankResult:
         certified: True when the count is exact at ``tol`` (dense, or a residual certificate).
         rank_low, rank_high: Bounds on the rank; equal to ``rank`` when certified.
         confidence: Probability that [rank_low, rank_high] holds (1.0 for deterministic bounds).
+        guarantee: One of ``GUARANTEES`` (above). Derived from the other fields when not
+            given (as for JSON files written before it existed).
         eigenvalues: Dense eigenvalues (exact) or Ritz values (matrix-free), sorted descending.
         inertia: (positive, negative) counts above ``tol``.
         noise_floor: Estimated absolute error of one product (None where unknown).
@@ -66,6 +90,19 @@ class RankResult:
     dtype: str = "torch.float64"
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    guarantee: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.guarantee:
+            object.__setattr__(self, "guarantee", _derived_guarantee(self))
+        if self.guarantee not in GUARANTEES:
+            msg = f"guarantee must be one of {GUARANTEES}, got {self.guarantee!r}"
+            raise ValueError(msg)
+
+    @property
+    def reliable(self) -> bool:
+        """True for "exact", "certified" and "estimate" (the CLI exits 0 for these)."""
+        return self.guarantee in ("exact", "certified", "estimate")
 
     def to_dict(self, *, eigenvalues: bool = True) -> dict[str, Any]:
         """Return a JSON-ready dict (non-finite floats become None)."""
@@ -98,18 +135,22 @@ class RankResult:
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> RankResult:
         """Read a result written by :meth:`to_json` (a path or the JSON text)."""
-        p = Path(text_or_path)
-        text = p.read_text() if len(str(text_or_path)) < 4096 and p.exists() else str(text_or_path)
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
 
     def summary(self) -> str:
-        """One line: rank, bounds, threshold, products, time."""
-        if self.certified:
-            r = f"rank {self.rank} (certified)"
+        """One line: rank with its guarantee, bounds, threshold, products, time."""
+        level = f" at {self.confidence:.0%}" if self.confidence < 1 else ""
+        if self.guarantee in ("exact", "certified"):
+            r = f"rank {self.rank} ({self.guarantee})"
+        elif self.guarantee == "estimate":
+            r = f"rank ~{self.rank} (estimate), in [{self.rank_low}, {self.rank_high}]{level}"
+        elif self.guarantee == "bound":
+            r = f"rank in [{self.rank_low}, {self.rank_high}] (bound{level})"
         else:
-            r = f"rank in [{self.rank_low}, {self.rank_high}]"
-            if self.confidence < 1:
-                r += f" at {self.confidence:.0%}"
+            r = f"rank {self.rank} at tol UNRELIABLE (tol near the noise floor; see notes)"
         return (f"{self.kind}: {r} of n={self.n}, method={self.method}, tol={self.tol:.3g}, "
                 f"matvecs={self.matvecs}, {self.seconds:.2f}s")
 
@@ -148,6 +189,15 @@ def find_gap(magnitudes: Sequence[float], *, floor: float = 0.0,
         if r >= best_ratio and (best is None or r > best_ratio):
             best, best_ratio = (lo, hi), r
     return best
+
+
+def _derived_guarantee(res: RankResult) -> str:
+    """The guarantee implied by the older fields (results written before it was recorded)."""
+    if res.certified:
+        return "exact" if res.method == "exact" else "certified"
+    if res.method == "density" and res.extra.get("feasible", True) and res.confidence < 1:
+        return "estimate"
+    return "bound"
 
 
 def _jsonable(obj: Any) -> Any:

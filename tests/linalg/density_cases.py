@@ -89,20 +89,20 @@ def _logspace(lo: float, hi: float, k: int, g: torch.Generator) -> Tensor:
 
 @cache
 def psd_gap(n: int = 2000, r: int = 600, kappa: float = 100.0, seed: int = 0) -> Planted:
-    """PSD: r eigenvalues log-uniform in [1/kappa, 1], the rest exactly 0; tau = 1e-3/kappa."""
+    """PSD: r eigenvalues log-uniform in [1/kappa, 1], the rest exactly 0; tau = 0.1/kappa."""
     g = torch.Generator().manual_seed(seed + 1000)
     lam = torch.zeros(n, dtype=torch.float64)
     lam[:r] = _logspace(1.0 / kappa, 1.0, r, g)
     lam[r - 1] = 1.0
     lam[0] = 1.0 / kappa
-    return planted(f"psd_gap(n={n}, r={r}, kappa={kappa:g})", lam, tau=1e-3 / kappa, seed=seed)
+    return planted(f"psd_gap(n={n}, r={r}, kappa={kappa:g})", lam, tau=0.1 / kappa, seed=seed)
 
 
 @cache
 def indefinite_gap(n: int = 2000, r: int = 800, kappa: float = 20.0, seed: int = 0,
                    noise: float = 0.0) -> Planted:
     """Indefinite: r eigenvalues with |lam| log-uniform in [1/kappa, 1] and random signs
-    (about a third negative); the rest 0 (or +-noise); tau = 1e-2/kappa."""
+    (about a third negative); the rest 0 (or +-noise); tau = 0.2/kappa."""
     g = torch.Generator().manual_seed(seed + 2000)
     mags = _logspace(1.0 / kappa, 1.0, r, g)
     mags[0], mags[-1] = 1.0 / kappa, 1.0
@@ -112,7 +112,7 @@ def indefinite_gap(n: int = 2000, r: int = 800, kappa: float = 20.0, seed: int =
     if noise > 0:
         lam[r:] = noise * (2 * torch.rand(n - r, generator=g, dtype=torch.float64) - 1)
     return planted(f"indefinite_gap(n={n}, r={r}, kappa={kappa:g})", lam,
-                   tau=max(1e-2 / kappa, 10 * noise), seed=seed)
+                   tau=max(0.2 / kappa, 10 * noise), seed=seed)
 
 
 @cache
@@ -124,7 +124,7 @@ def null_heavy(n: int = 3000, r: int = 150, kappa: float = 50.0, seed: int = 0) 
     signs = torch.where(torch.rand(r, generator=g, dtype=torch.float64) < 0.5, -1.0, 1.0)
     lam = torch.zeros(n, dtype=torch.float64)
     lam[:r] = signs * mags
-    return planted(f"null_heavy(n={n}, r={r})", lam, tau=1e-2 / kappa, seed=seed)
+    return planted(f"null_heavy(n={n}, r={r})", lam, tau=0.5 / kappa, seed=seed)
 
 
 @cache
@@ -133,8 +133,8 @@ def deep_linear_like(n: int = 2400, r: int = 1400, num_outliers: int = 10, indef
     """Deep-linear-net-like: a few large outliers, a bulk spread over two decades and a
     large exact null space; H_L-like (indefinite: bulk of both signs) or H_O-like (PSD).
 
-    Outliers sit in [20, 100], the bulk in [0.05, 5]; tau = 1e-4. lambda_max / delta is
-    2000 before deflation and 100 after deflating the outliers.
+    Outliers sit in [20, 100], the bulk in [0.05, 5]; tau = 0.02 (a gap of 2.5 tau below
+    the bulk). lambda_max / tau is 5000 before deflation and 250 after deflating the outliers.
     """
     g = torch.Generator().manual_seed(seed + 4000)
     lam = torch.zeros(n, dtype=torch.float64)
@@ -147,7 +147,7 @@ def deep_linear_like(n: int = 2400, r: int = 1400, num_outliers: int = 10, indef
     lam[:num_outliers] = out
     lam[num_outliers:r] = bulk
     kind = "H_L-like" if indefinite else "H_O-like"
-    return planted(f"deep_linear_like({kind}, n={n}, r={r})", lam, tau=1e-4, seed=seed)
+    return planted(f"deep_linear_like({kind}, n={n}, r={r})", lam, tau=0.02, seed=seed)
 
 
 @cache
@@ -163,3 +163,50 @@ def small_tail(n: int = 2000, r: int = 800, seed: int = 0) -> Planted:
     lam = torch.zeros(n, dtype=torch.float64)
     lam[:r] = signs * mags
     return planted(f"small_tail(n={n}, r={r})", lam, tau=1e-9, seed=seed)
+
+
+# -- families built to break a density count (each with a fresh spectrum per seed) ----------
+
+def shelf(n: int = 400, bulk: int = 80, shelf_size: int = 30, tau: float = 1e-3,
+          seed: int = 0) -> Planted:
+    """PSD: ``bulk`` eigenvalues in [0.5, 1] and a shelf of ``shelf_size`` in [1.5, 5] tau far
+    below them (the largest ratio lies between shelf and bulk, not at tau); the rest 0."""
+    g = torch.Generator().manual_seed(seed + 6000)
+    lam = torch.zeros(n, dtype=torch.float64)
+    lam[:bulk] = 0.5 + 0.5 * torch.rand(bulk, generator=g, dtype=torch.float64)
+    lam[bulk:bulk + shelf_size] = tau * (1.5 + 3.5 * torch.rand(shelf_size, generator=g,
+                                                                dtype=torch.float64))
+    return planted(f"shelf(n={n})", lam, tau=tau, seed=seed)
+
+
+def log_slope(n: int = 400, r: int = 160, tau: float = 1e-3, seed: int = 0) -> Planted:
+    """PSD, no gap: r eigenvalues log-uniform in [1e-3 tau, 1] (a slope through tau)."""
+    g = torch.Generator().manual_seed(seed + 7000)
+    lam = torch.zeros(n, dtype=torch.float64)
+    lam[:r] = _logspace(1e-3 * tau, 1.0, r, g)
+    return planted(f"log_slope(n={n})", lam, tau=tau, seed=seed)
+
+
+def indefinite_edge(n: int = 300, bulk: int = 60, edge: int = 30, tau: float = 0.02,
+                    seed: int = 0) -> Planted:
+    """Indefinite: a bulk of both signs in [0.2, 1] and ``edge`` eigenvalues of both signs
+    with |lambda| just above tau, in [1.05, 1.5] tau; the rest 0."""
+    g = torch.Generator().manual_seed(seed + 8000)
+    lam = torch.zeros(n, dtype=torch.float64)
+    mags = torch.cat([0.2 + 0.8 * torch.rand(bulk, generator=g, dtype=torch.float64),
+                      tau * (1.05 + 0.45 * torch.rand(edge, generator=g, dtype=torch.float64))])
+    signs = torch.where(torch.rand(bulk + edge, generator=g) < 0.5, -1.0, 1.0)
+    lam[:bulk + edge] = signs.to(torch.float64) * mags
+    return planted(f"indefinite_edge(n={n})", lam, tau=tau, seed=seed)
+
+
+def clean_gap(n: int = 400, r: int = 140, tau: float = 1e-3, seed: int = 0) -> Planted:
+    """Control, PSD: r eigenvalues log-uniform in [1e-2, 1], the rest 0 (gap of 10 tau)."""
+    g = torch.Generator().manual_seed(seed + 9000)
+    lam = torch.zeros(n, dtype=torch.float64)
+    lam[:r] = _logspace(1e-2, 1.0, r, g)
+    return planted(f"clean_gap(n={n})", lam, tau=tau, seed=seed)
+
+
+FAMILIES = {"shelf": shelf, "log_slope": log_slope, "indefinite_edge": indefinite_edge,
+            "clean_gap": clean_gap}

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from scalable_hrank.linalg.counting import (
+    bracket,
     count_interval,
-    detect_gap,
     kappa_for_steps,
     normal_quantile,
     rademacher,
@@ -55,7 +55,7 @@ def test_smooth_step_rejects_bad_bounds() -> None:
 
 
 def test_steps_for_kappa_scaling() -> None:
-    # measured first exact-count depths (notes/algos.md 3.3) are lower bounds of the plan
+    # first depths with counts within one eigenvalue (planted, n = 3000) bound the plan below
     assert steps_for_kappa(100, psd=True) >= 30
     assert steps_for_kappa(1e3, psd=True) >= 80
     assert steps_for_kappa(100, psd=False) >= 260
@@ -90,18 +90,45 @@ def test_count_interval_uses_projector_variance_bound() -> None:
     assert low == math.floor(c - half) and high == math.ceil(c + half)
     _, _, low_b, high_b = count_interval(est, n=n, bias=10.0, confidence=0.95)
     assert low_b == math.floor(c - half - 10) and high_b == math.ceil(c + half + 10)
-    _, _, low_f, _ = count_interval(est, n=n, bias=5000.0, confidence=0.95, floor=7)
-    assert low_f == 7
+    _, _, low_0, _ = count_interval(est, n=n, bias=5000.0, confidence=0.95)
+    assert low_0 == 0
 
 
-def test_detect_gap_finds_gap_and_skips_heavy_atom_node() -> None:
+
+def test_bracket_skips_heavy_atom_and_uses_a_clean_band() -> None:
     tau = 1e-4
     bulk = torch.logspace(-2, 0, 30, dtype=torch.float64)
     # one probe: heavy null-atom node wandering at 5e-4 (above tau), then the bulk
     nodes = torch.cat([torch.tensor([5e-4], dtype=torch.float64), bulk])[None, :]
     weights = torch.cat([torch.tensor([0.7]), torch.full((30,), 0.01)])[None, :].double()
-    gap = detect_gap(nodes, weights, tau, n=2000)
-    assert gap is not None and gap[1] == pytest.approx(1e-2)
-    # a log-uniform spectrum has no gap
+    br = bracket(nodes, weights, tau, n=2000)
+    assert br.lower_edge == 0.0 and br.upper_edge == pytest.approx(1e-2)
+    assert br.gap() == (0.0, pytest.approx(1e-2))
+    # the steps end halfway to the band's edges; the depth is set by the whole band
+    assert br.w_above == pytest.approx(0.5 * (1e-2 - tau)) and br.w_below == tau / 2
+    assert br.width == pytest.approx(0.5e-2)
+
+
+def test_bracket_mass_just_above_tau_is_not_skipped() -> None:
+    # a shelf at 1.5 tau under a much larger gap to the bulk: the step above tau must end
+    # below the shelf, so the shelf is counted (a largest-ratio gap would skip it)
+    tau = 1e-3
+    nodes = torch.tensor([[1e-9, 1.5e-3, 2e-3, 0.5, 0.8, 1.0]], dtype=torch.float64)
+    weights = torch.tensor([[0.6, 0.03, 0.02, 0.15, 0.1, 0.1]], dtype=torch.float64)
+    br = bracket(nodes, weights, tau, n=2000)
+    assert br.upper_edge == pytest.approx(1.5e-3)
+    assert tau + br.w_above <= 1.5e-3
+    step = smooth_step(nodes, tau, tau + br.w_above)
+    assert step[0, 1] == 1.0 and step[0, 0] == 0.0
+
+
+def test_bracket_without_gap_keeps_a_minimum_width_and_reports_none() -> None:
     flat = torch.logspace(-4, 0, 60, dtype=torch.float64)[None, :]
-    assert detect_gap(flat, torch.full_like(flat, 1 / 60), 5e-5, n=2000) is None
+    tau = 1.1e-3  # inside the slope: neighbours within a factor 1.2 on both sides
+    br = bracket(flat, torch.full_like(flat, 1 / 60), tau, n=2000)
+    assert br.gap() is None
+    assert br.lower_edge < tau < br.upper_edge < 1.3 * tau
+    assert br.w_above == 0.25 * tau and br.w_below == 0.25 * tau and br.width == 0.25 * tau
+    given = bracket(flat, torch.full_like(flat, 1 / 60), tau, n=2000, gap=(1e-5, 1e-2))
+    assert given.w_above == pytest.approx(1e-2 - tau)
+    assert given.w_below == pytest.approx(tau - 1e-5)

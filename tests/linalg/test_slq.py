@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from scalable_hrank.linalg import counting
+from scalable_hrank.linalg import counting, probe_lanczos
 from scalable_hrank.linalg.slq import slq_density, slq_rank
 
 try:
@@ -45,24 +45,24 @@ def test_psd_gap_within_2_percent() -> None:
 def test_indefinite_gap_within_5_percent() -> None:
     c = dc.indefinite_gap()
     r = slq_rank(c.matmat, c.n, tau=c.tau, psd=False, num_probes=8, generator=gen(2),
-                 max_steps=400)
+                 max_steps=800)
     assert r.converged and rel_err(r.estimate, c) <= 0.05
     # (this seed's 8 probes sit 2.5 sigma high, so its 95 % interval misses: coverage is
     # checked over 20 seeds below, not on one draw)
 
 
 def test_indefinite_deep_linear_like_deflated_within_5_percent() -> None:
-    # H_L-like: lambda_max / delta = 2000 before deflation, 100 after
+    # H_L-like: lambda_max / tau = 5000 before deflation, 250 after
     c = dc.deep_linear_like(indefinite=True)
     r = slq_rank(c.matmat, c.n, tau=c.tau, psd=False, num_probes=8, generator=gen(3),
-                 deflation=c.top(10), max_steps=700)
+                 deflation=c.top(10), max_steps=1600)
     assert r.converged and rel_err(r.estimate, c) <= 0.05
     assert r.rank_low <= c.count() <= r.rank_high
 
 
 def test_large_exact_null_space() -> None:
     c = dc.null_heavy()
-    r = slq_rank(c.matmat, c.n, tau=c.tau, num_probes=8, generator=gen(4), max_steps=500)
+    r = slq_rank(c.matmat, c.n, tau=c.tau, num_probes=8, generator=gen(4), max_steps=800)
     assert r.converged
     assert r.rank_low <= c.count() <= r.rank_high
     assert abs(r.estimate - c.count()) <= 0.15 * c.count()  # r = 5 % of n: variance-bound
@@ -98,12 +98,12 @@ def test_interval_covers_truth_over_20_seeds(case) -> None:
 
 def test_deflation_shrinks_kappa_and_makes_small_budget_enough() -> None:
     c = dc.deep_linear_like()
-    kw = dict(tau=c.tau, psd=True, num_probes=8, max_steps=60)
+    kw = dict(tau=c.tau, psd=True, num_probes=8, max_steps=130)
     plain = slq_rank(c.matmat, c.n, generator=gen(6), **kw)
     defl = slq_rank(c.matmat, c.n, generator=gen(6), deflation=c.top(10), **kw)
     assert defl.kappa < plain.kappa / 10
     assert defl.converged and not plain.converged
-    assert defl.resolution_bias < plain.resolution_bias
+    assert defl.steps_needed < plain.steps_needed / 2
     assert rel_err(defl.estimate, c) <= 0.03
     assert defl.rank_low <= c.count() <= defl.rank_high
 
@@ -163,8 +163,8 @@ def test_lock_step_blocks_and_no_basis() -> None:
     assert r.nodes.shape == (3, 120) and r.weights.shape == (3, 120)
     # design: the only length-n tensors the recurrence keeps are v_prev and v, (n, probes)
     z = counting.rademacher(c.n, 3, generator=gen(8))
-    state, _ = counting._start(z, None)
-    counting._advance(state, c.matmat, 200, None)
+    state, _ = probe_lanczos.start_probes(z, None)
+    probe_lanczos.advance_probes(state, c.matmat, 200, None)
     big = [f.name for f in dataclasses.fields(state)
            if isinstance(getattr(state, f.name), torch.Tensor)
            and getattr(state, f.name).numel() >= c.n]

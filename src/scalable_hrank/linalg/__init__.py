@@ -8,7 +8,6 @@ from scalable_hrank.linalg._block import KrylovState
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.counting import DensityRank, rademacher, smooth_step, steps_for_kappa
 from scalable_hrank.linalg.eigen import EigenPairs, SpectralNorm, eigenpairs, spectral_norm
-from scalable_hrank.linalg.kpm import kpm_density, kpm_rank, spectrum_bounds
 from scalable_hrank.linalg.krylov_rank import KrylovRank, deflated_norm, krylov_rank
 from scalable_hrank.linalg.lanczos import (
     BlockLanczosDecomposition,
@@ -18,7 +17,6 @@ from scalable_hrank.linalg.lanczos import (
     lanczos,
     ritz_pairs,
 )
-from scalable_hrank.linalg.nystrom import NystromApprox, NystromRank, nystrom, nystrom_rank
 from scalable_hrank.linalg.orth import OrthBlock, inner, orthonormalize, project_out
 from scalable_hrank.linalg.slq import SLQState, slq_density, slq_rank
 
@@ -30,8 +28,6 @@ __all__ = [
     "KrylovState",
     "LanczosDecomposition",
     "MatMat",
-    "NystromApprox",
-    "NystromRank",
     "OrthBlock",
     "Reduce",
     "RitzPairs",
@@ -41,12 +37,8 @@ __all__ = [
     "deflated_norm",
     "eigenpairs",
     "inner",
-    "kpm_density",
-    "kpm_rank",
     "krylov_rank",
     "lanczos",
-    "nystrom",
-    "nystrom_rank",
     "orthonormalize",
     "project_out",
     "rademacher",
@@ -55,6 +47,5 @@ __all__ = [
     "slq_rank",
     "smooth_step",
     "spectral_norm",
-    "spectrum_bounds",
     "steps_for_kappa",
 ]

@@ -1,13 +1,14 @@
-"""Shared pieces of the spectral-density rank counts (SLQ and KPM).
+"""Statistics of the spectral-density rank count (SLQ).
 
-Rademacher probes, the smooth step that turns a count into a trace, gap detection on a
-weighted set of eigenvalue nodes, step planning from the spread ``kappa`` and the
-confidence interval that combines probe variance with resolution bias.
+Rademacher probes, the smooth step that turns a count into a trace, the bracket of two
+steps around tau read from a weighted set of eigenvalue nodes, step planning from the spread
+``kappa`` and the confidence interval that combines probe variance with resolution bias. The
+Lanczos iteration that produces the nodes lives in :mod:`scalable_hrank.linalg.probe_lanczos`.
 
 The count of eigenvalues with ``|lambda| > tau`` is ``tr g(A)`` for the step
-``g = 1{|x| > tau}``; with a spectral gap ``(tau, delta)`` any ``g`` that is 0 on
-``|x| <= tau`` and 1 on ``|x| >= delta`` gives the same trace, so a smooth one is used
-(Ubaru & Saad 2016; Ubaru, Chen & Saad 2017).
+``g = 1{|x| > tau}``. Smooth steps that are 0 up to tau and 1 from a little above it, or 0
+up to a little below tau and 1 from it, bracket that trace from below and above
+(:class:`Bracket`); with no eigenvalue between their transitions both give the count.
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from scalable_hrank._validation import bad_value
-from scalable_hrank.linalg._types import MatMat, Reduce
 
 __all__ = [
+    "Bracket",
     "DensityRank",
+    "bracket",
     "count_interval",
-    "detect_gap",
     "kappa_for_steps",
     "normal_quantile",
     "rademacher",
@@ -37,7 +37,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DensityRank:
-    """Rank count from a spectral density (SLQ or KPM), with its error budget.
+    """Rank count from a spectral density (SLQ), with its error budget.
 
     Attributes:
         estimate: Estimated count of eigenvalues with ``|lambda| > tau`` (float).
@@ -47,32 +47,37 @@ class DensityRank:
         confidence: Nominal level of ``[rank_low, rank_high]`` for the probe part.
         probe_std: Sample standard deviation of the per-probe estimates (nan for one probe).
         resolution_bias: ``|estimate(k) - estimate(0.75 k)|``: change of the count between
-            the full and the three-quarter depth (steps for SLQ, degree for KPM).
+            the full and the three-quarter depth, the larger of the two readings'.
         num_matvecs: Products with A spent (a block of k columns counts k), bounds included.
-        num_steps: Lanczos steps per probe (SLQ) or Chebyshev degree (KPM).
+        num_steps: Lanczos steps per probe.
         num_probes: Rademacher probes.
         converged: True when ``resolution_bias`` is within the requested tolerance.
         steps_needed: Estimated steps (degree) per probe needed to converge; equal to
             ``num_steps`` when converged.
         matvecs_needed: Products that ``steps_needed`` implies (probes x steps + extras).
         tau: Threshold: eigenvalues with ``|lambda| > tau`` are counted.
-        delta: Where the smooth step reaches 1 (upper end of the gap, or ``2 tau``).
+        delta: Where the step above tau reaches 1 (:class:`Bracket`).
         gap: ``(lower, upper)`` of the detected or given gap, None when no gap was found.
         lambda_max: Estimate of ``max |lambda|`` used for planning (padded Ritz value).
-        kappa: ``lambda_max / (delta - tau)``: the spread that sets the steps.
+        kappa: ``lambda_max / width``: the spread that sets the steps (the width the depth
+            must resolve, see :class:`Bracket`).
         num_deflated: Columns of the deflation block (0 without deflation).
         deflated_count: Deflated Ritz values with ``|theta| > tau`` (already in ``estimate``).
         lower_bound: Not converged only (else None): a lower confidence bound on the count
             at ``tau`` from the count of ``|lambda| > bound_at``, the smallest magnitude
-            the depth reached resolves (``kappa_for_steps``), deflated count included;
-            None when that magnitude is not above ``tau``.
+            (at least ``tau``) the depth reached resolves (``kappa_for_steps``), deflated
+            count included.
         bound_at: The magnitude ``lower_bound`` counts above (None with it).
         probe_estimates: Per-probe counts, shape (num_probes,), float64.
+        readings: SLQ: ``(count from the step above tau, count from the step below tau)``,
+            the two traces that bracket the count (deflated count included); their
+            difference is the mass near tau that the depth does not separate.
+        delta_below: SLQ: where the step below tau starts (its other end is tau).
         nodes: SLQ: Ritz values, shape (num_probes, num_steps), float64, padded with 0
-            after a breakdown. KPM: grid points, shape (1, G).
+            after a breakdown.
         weights: Same shape as ``nodes``: quadrature weights (SLQ; each row sums to 1)
-            or mass per grid cell (KPM). Zero on padding.
-        method: "slq" or "kpm".
+            Zero on padding.
+        method: "slq".
         notes: Human-readable remarks (no gap, breakdowns, budget).
     """
 
@@ -99,6 +104,8 @@ class DensityRank:
     lower_bound: int | None = None
     bound_at: float | None = None
     probe_estimates: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    readings: tuple[float, float] | None = None
+    delta_below: float | None = None
     nodes: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
     weights: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
     method: str = "slq"
@@ -194,9 +201,9 @@ def steps_for_kappa(kappa: float, psd: bool) -> int:
     ``kappa = lambda_max / width`` with ``width`` the distance the smooth step must
     resolve. Zero is an edge of a PSD spectrum, so the polynomial degree grows like
     ``sqrt(kappa)``; for an indefinite one zero is interior and it grows like ``kappa``.
-    The constants reproduce the measured first step counts with count error < 1 at
-    n = 3000 (PSD: 10, 30, 60-80 steps at kappa = 10, 100, 1e3; indefinite: 70, 260
-    at kappa = 10, 100; notes/algos.md section 3.3), rounded up.
+    The constants are rounded up from the first depths at which counts on planted
+    spectra at n = 3000 were within one eigenvalue (PSD: 10, 30, 60-80 steps at
+    kappa = 10, 100, 1e3; indefinite: 70, 260 at kappa = 10, 100).
 
     Args:
         kappa: Spread, >= 1.
@@ -238,8 +245,8 @@ def normal_quantile(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: float,
-                   floor: int = 0) -> tuple[float, float, int, int]:
+def count_interval(probe_estimates: Tensor, *, n: int, bias: float,
+                   confidence: float) -> tuple[float, float, int, int]:
     """Mean count and interval from per-probe estimates plus a resolution bias.
 
     The probe half-width is ``z * sigma / sqrt(m)`` with ``z`` the normal quantile and
@@ -254,7 +261,6 @@ def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: 
         n: Operator size (vector length).
         bias: Resolution bias >= 0 (from the convergence check).
         confidence: Level in (0, 1) of the probe part.
-        floor: Counts known exactly (deflated part); the interval never goes below it.
 
     Returns:
         ``(mean, probe_std, low, high)``; ``probe_std`` is nan for one probe.
@@ -268,167 +274,93 @@ def count_interval(probe_estimates: Tensor, *, n: int, bias: float, confidence: 
     if m > 1 and math.isfinite(s):
         sigma = max(sigma, s)
     half = normal_quantile(confidence) * sigma / math.sqrt(m) + abs(bias)
-    low = max(floor, math.floor(mean - half))
+    low = max(0, math.floor(mean - half))
     high = min(n, math.ceil(mean + half))
     low = min(low, n)
     high = max(high, low)
     return mean, s, int(low), int(high)
 
 
-def detect_gap(nodes: Tensor, weights: Tensor, tau: float, *, n: int, ratio: float = 10.0,
-               search_mass: float = 0.25, min_count: float = 0.5,
-               drop_atom: bool = True) -> tuple[float, float] | None:
-    """Find the spectral gap just above ``tau`` from a weighted set of nodes.
+@dataclass(frozen=True)
+class Bracket:
+    """The two smooth steps whose traces bracket ``#{|lambda| > tau}``.
 
-    Nodes with ``|theta| > tau`` that stand for at least ``min_count`` eigenvalues
-    (``n * weight``, weights averaged over probes) are sorted by magnitude; together
-    with ``tau`` itself, the largest ratio between consecutive magnitudes within the
-    lowest ``search_mass`` of the counted mass is the gap (the search is kept low so
-    that the gap between the bulk and the top outliers is not taken). Unconverged
-    Gauss nodes inside a gap carry little weight, and there are at most two of them per
-    probe and gap, so they rarely split it. The heavy node nearest zero of each probe (the
-    null atom, which wanders before convergence: notes/algos.md finding 5) is skipped.
+    ``below = step on [tau - w_below, tau]`` is 1 wherever ``|x| > tau`` (and on part of the
+    band just below), so ``tr below(A) >= count``; ``above = step on [tau, tau + w_above]`` is
+    0 wherever ``|x| <= tau``, so ``tr above(A) <= count``. Eigenvalues in the two bands are
+    what separates the readings: with no eigenvalue in ``(tau - w_below, tau + w_above)`` both
+    equal the count. No gap is assumed anywhere: mass near ``tau`` widens the interval instead
+    of vanishing from it.
+
+    Attributes:
+        lower_edge: Largest magnitude at or below ``tau`` seen among the nodes (0 if none).
+        upper_edge: Smallest magnitude above ``tau`` seen among the nodes (inf if none).
+        w_below: Width of the step below ``tau`` (in ``(0, tau]``).
+        w_above: Width of the step above ``tau`` (> 0).
+        width: The spectral distance the quadrature must resolve, which sets the depth
+            (``kappa = lambda_max / width``): the empty band around ``tau`` when there is one,
+            else the narrower step.
+    """
+
+    lower_edge: float
+    upper_edge: float
+    w_below: float
+    w_above: float
+    width: float
+
+    def gap(self, ratio: float = 10.0) -> tuple[float, float] | None:
+        """``(lower_edge, upper_edge)`` when the band around ``tau`` spans ``ratio`` or more."""
+        lo, hi = self.lower_edge, self.upper_edge
+        if math.isfinite(hi) and (lo == 0.0 or hi / lo >= ratio):
+            return lo, hi
+        return None
+
+
+def bracket(nodes: Tensor, weights: Tensor, tau: float, *, n: int,
+            gap: tuple[float, float] | None = None, min_count: float = 1.0,
+            min_width: float = 0.25) -> Bracket:
+    """Choose the two steps of :class:`Bracket` from a weighted set of nodes (or a known gap).
+
+    Candidate nodes stand for at least ``min_count`` eigenvalues (``n * weight``) in their own
+    probe; each probe's heavy node nearest zero (the null atom, which wanders upwards before
+    convergence) is skipped. The nearest candidates on either side of ``tau`` are the edges of
+    the empty band; each step ends halfway to its edge (a Ritz value overestimates the
+    distance to the band's edge) but is never narrower than ``min_width * tau``. A given
+    ``gap`` is trusted: the steps then fill it.
 
     Args:
         nodes: Node positions, shape (m, k) or (k,), float64.
         weights: Weights of the same shape; each row sums to 1 (one probe each).
-        tau: Threshold.
+        tau: Threshold > 0.
         n: Operator size (turns weights into eigenvalue counts).
-        ratio: Minimum ratio upper/lower for a gap.
-        search_mass: Fraction of the counted mass searched, from below.
-        min_count: Minimum ``n * weight`` (of its own probe) of a candidate node.
-        drop_atom: Skip each probe's node nearest zero when its weight exceeds twice the
-            mean weight of that probe.
+        gap: ``(lower, upper)`` with ``lower <= tau < upper`` known to hold no eigenvalue.
+        min_count: Minimum ``n * weight`` of a candidate node.
+        min_width: Smallest step width, relative to ``tau``.
 
     Returns:
-        ``(lower, upper)`` with ``lower >= tau``, or None when no ratio reaches ``ratio``.
+        A :class:`Bracket`.
     """
+    floor = min_width * tau
+    if gap is not None:
+        lo, hi = float(gap[0]), float(gap[1])
+        w_below = tau - lo if lo > 0 else tau / 2.0
+        return Bracket(lo, hi, w_below, hi - tau, hi - tau)
     nodes = nodes.reshape(-1, nodes.shape[-1]) if nodes.dim() > 1 else nodes.reshape(1, -1)
     weights = weights.reshape(nodes.shape).to(torch.float64)
-    m, k = nodes.shape
+    m = nodes.shape[0]
     absn = nodes.abs().to(torch.float64)
-    keep = weights > 0
-    if drop_atom:
-        # the node nearest zero of each probe stands for the null atom; before convergence
-        # it wanders above tau, so a heavy one (> twice the mean weight) is no candidate
-        j = torch.where(keep, absn, torch.inf).argmin(1)
-        rows = torch.arange(m)
-        heavy = weights[rows, j] > 2.0 / keep.sum(1).clamp_min(1)
-        keep[rows[heavy], j[heavy]] = False
-    mags = absn.reshape(-1)
-    cnt = weights.reshape(-1) * n / m
-    keep = keep.reshape(-1) & (mags > tau) & (cnt * m >= min_count)
-    mags, cnt = mags[keep], cnt[keep]
-    if mags.numel() == 0:
-        return None
-    order = torch.argsort(mags)
-    mags, cnt = mags[order], cnt[order]
-    cum = torch.cumsum(cnt, 0)
-    last = int(torch.searchsorted(cum, search_mass * float(cum[-1]))) + 1
-    pts = torch.cat([torch.tensor([tau], dtype=torch.float64), mags[:last + 1]])
-    if tau <= 0:
-        pts = pts[1:]
-        if pts.numel() < 2:
-            return None
-    ratios = pts[1:] / pts[:-1]
-    j = int(torch.argmax(ratios))
-    if float(ratios[j]) < ratio:
-        return None
-    return float(pts[j]), float(pts[j + 1])
-
-
-# --- lock-step Lanczos without a basis (shared by SLQ and the KPM spectrum bounds) ---
-
-def _dot(x: Tensor, y: Tensor, reduce: Reduce) -> Tensor:
-    """Column-wise inner products, float64 on the CPU (m numbers), summed over processes."""
-    d = (x * y).sum(0, dtype=torch.float64)
-    return (d if reduce is None else reduce(d)).cpu()
-
-
-@dataclass
-class _LanczosState:
-    """Lock-step Lanczos on m probes: 3 vectors per probe, no basis."""
-
-    v_prev: Tensor  # (n, m), operator dtype
-    v: Tensor  # (n, m)
-    beta_prev: Tensor  # (m,), float64
-    alphas: list[Tensor]  # each (m,), float64
-    betas: list[Tensor]  # each (m,), float64; betas[j] couples steps j and j + 1
-    lengths: Tensor  # (m,), int64: steps done per probe (frozen at a breakdown)
-    active: Tensor  # (m,), bool
-    scale: Tensor  # (m,), float64: max |T| entry seen, for the breakdown test
-    num_matvecs: int = 0
-
-
-def _start(z: Tensor, reduce: Reduce) -> tuple[_LanczosState, Tensor]:
-    m = z.shape[1]
-    sq = _dot(z, z, reduce)
-    v = z / sq.sqrt().to(z.device, z.dtype)
-    f64 = dict(dtype=torch.float64)
-    state = _LanczosState(v_prev=torch.zeros_like(v), v=v, beta_prev=torch.zeros(m, **f64),
-                          alphas=[], betas=[], lengths=torch.zeros(m, dtype=torch.int64),
-                          active=torch.ones(m, dtype=torch.bool), scale=torch.zeros(m, **f64))
-    return state, sq
-
-
-def _advance(state: _LanczosState, op: MatMat, steps: int, reduce: Reduce) -> None:
-    """Run ``steps`` more lock-step Lanczos steps on the active probes."""
-    dt = state.v.dtype
-    tol = torch.finfo(dt).eps ** 0.7
-    for _ in range(steps):
-        idx = torch.nonzero(state.active).flatten()
-        if idx.numel() == 0:
-            return
-        v, vp = state.v[:, idx], state.v_prev[:, idx]
-        bp = state.beta_prev[idx]
-        w = op(v)
-        state.num_matvecs += idx.numel()
-        w = w - vp * bp.to(w.device, dt)
-        alpha = _dot(v, w, reduce)
-        w = w - v * alpha.to(w.device, dt)
-        # cheap local reorthogonalization against the two latest vectors (one reduce)
-        c = _dot(torch.cat([v, vp], 1), torch.cat([w, w], 1), reduce)
-        k = idx.numel()
-        w = w - v * c[:k].to(w.device, dt) - vp * c[k:].to(w.device, dt)
-        alpha = alpha + c[:k]
-        beta = _dot(w, w, reduce).clamp_min(0).sqrt()
-        a_full = torch.zeros_like(state.beta_prev)
-        b_full = torch.zeros_like(state.beta_prev)
-        a_full[idx], b_full[idx] = alpha, beta
-        state.alphas.append(a_full)
-        state.betas.append(b_full)
-        state.lengths[idx] += 1
-        state.scale[idx] = torch.maximum(state.scale[idx],
-                                         torch.maximum(alpha.abs(), torch.maximum(beta, bp)))
-        broke = beta <= tol * state.scale[idx]
-        safe = torch.where(broke, torch.ones_like(beta), beta)
-        state.v_prev[:, idx] = v
-        state.v[:, idx] = w / safe.to(w.device, dt)
-        state.beta_prev[idx] = beta
-        state.active[idx[broke]] = False
-
-
-def _ritz(state: _LanczosState, depth: int) -> tuple[Tensor, Tensor]:
-    """Gauss nodes and weights of every probe at ``depth`` steps (shorter after breakdown).
-
-    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``): 22x faster than a dense
-    symmetric solver at depth 1000 and 50x at 2000 (``scripts/bench/quadrature.py``,
-    docs/benchmarks.md). Memory: depth^2 float64 for the eigenvectors (512 MB at 8192), of
-    which only the first row (the weights) is kept.
-
-    Returns:
-        ``(nodes, weights)``, each (m, depth), float64, zero-padded.
-    """
-    m = state.lengths.numel()
-    a = torch.stack(state.alphas, 1) if state.alphas else torch.zeros(m, 0, dtype=torch.float64)
-    b = torch.stack(state.betas, 1) if state.betas else a
-    nodes = torch.zeros(m, depth, dtype=torch.float64)
-    weights = torch.zeros(m, depth, dtype=torch.float64)
-    for i in range(m):
-        k = min(depth, int(state.lengths[i]))
-        if k == 0:
-            continue
-        theta, s = eigh_tridiagonal(a[i, :k].numpy(), b[i, :k - 1].numpy())
-        nodes[i, :k] = torch.from_numpy(theta)
-        weights[i, :k] = torch.from_numpy(s[0] ** 2)
-    return nodes, weights
+    keep = weights * n >= min_count
+    # the node nearest zero of each probe stands for the null atom; before convergence it
+    # wanders, so a heavy one (> twice the mean weight of its probe) is no candidate
+    j = torch.where(weights > 0, absn, torch.inf).argmin(1)
+    rows = torch.arange(m)
+    heavy = weights[rows, j] > 2.0 / (weights > 0).sum(1).clamp_min(1)
+    keep[rows[heavy], j[heavy]] = False
+    mags = absn[keep]
+    above, below = mags[mags > tau], mags[mags <= tau]
+    hi = float(above.min()) if above.numel() else math.inf
+    lo = float(below.max()) if below.numel() else 0.0
+    w_above = max(floor, 0.5 * (hi - tau)) if math.isfinite(hi) else max(floor, tau)
+    w_below = max(floor, 0.5 * (tau - lo))
+    band = (hi - lo) / 2.0 if math.isfinite(hi) else w_above
+    return Bracket(lo, hi, w_below, w_above, max(min(w_below, w_above), band))

@@ -24,6 +24,7 @@ from scalable_hrank.linalg import _block
 from scalable_hrank.linalg._block import KrylovState
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.orth import inner, project_out
+from scalable_hrank.threshold import default_rtol
 
 __all__ = ["KrylovRank", "KrylovState", "deflated_norm", "krylov_rank"]
 
@@ -152,11 +153,6 @@ def _lanczos_run(matmat: MatMat, basis: Tensor, steps: int, generator: torch.Gen
     return float(torch.linalg.eigvalsh(t).abs().max()), k
 
 
-def _default_rtol(n: int, dtype: torch.dtype) -> float:
-    rule = n * torch.finfo(F64).eps
-    return rule if dtype == F64 else max(rule, 1e-6)
-
-
 def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float | None = None,
                 block_size: int = 8, max_matvecs: int | None = None,
                 certificate_steps: int | None = None, generator: torch.Generator,
@@ -182,7 +178,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         n: Operator size.
         tol: Absolute threshold tau. Overrides ``rtol``.
         rtol: Relative threshold: tau = rtol * (largest ``|theta|`` so far). Default when
-            neither is given: ``n * eps(float64)`` for float64, ``max(that, 1e-6)`` otherwise.
+            neither is given: :func:`scalable_hrank.threshold.default_rtol` of ``dtype``.
         block_size: Block width b (batch of products per call).
         max_matvecs: Product budget, certificate included. Default ``n + certificate_steps``.
         certificate_steps: Lanczos steps of the certificate. Default
@@ -224,7 +220,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         max_matvecs = n + certificate_steps
     check_positive_int("max_matvecs", max_matvecs)
     if tol is None and rtol is None:
-        rtol = _default_rtol(n, dtype)
+        rtol = default_rtol(n, dtype)
     eps = torch.finfo(dtype).eps
 
     if state is None:

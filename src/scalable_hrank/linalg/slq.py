@@ -7,8 +7,9 @@ Ubaru & Saad 2016, "Fast methods for estimating the numerical rank of large matr
 Lin, Saad & Yang 2016, "Approximating spectral densities of large matrices").
 
 The probes run in lock-step as the columns of one block (one ``matmat`` per step on an
-(n, probes) block). No basis is kept: three vectors per probe, memory ``3 m n`` (plus the
-deflation block), independent of the number of steps. Without reorthogonalization the
+(n, probes) block). No basis is kept: two vectors per probe between steps and a few
+temporaries during one (the memory planner counts ``SLQ_VECTORS_PER_PROBE`` at the peak),
+plus the deflation block, independent of the number of steps. Without reorthogonalization the
 Gauss rule stays right (ghost Ritz values share the weight), which is all a trace needs;
 only a cheap local reorthogonalization against the two latest vectors is done.
 """
@@ -25,18 +26,21 @@ from torch import Tensor
 from scalable_hrank._validation import bad_value, check_positive_int
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.counting import (
+    Bracket,
     DensityRank,
-    _advance,
-    _LanczosState,
-    _ritz,
-    _start,
+    bracket,
     check_tau_and_gap,
     count_interval,
-    detect_gap,
     kappa_for_steps,
     rademacher,
     smooth_step,
     steps_for_kappa,
+)
+from scalable_hrank.linalg.probe_lanczos import (
+    ProbeLanczos,
+    advance_probes,
+    gauss_rules,
+    start_probes,
 )
 
 __all__ = ["SLQState", "slq_density", "slq_rank"]
@@ -45,9 +49,9 @@ _FIRST_STEPS = 20  # steps before lambda_max and the gap are read from the Ritz 
 _GROWTH = 1.5  # depth growth factor while the k vs 0.75 k check fails
 
 
-def _counts(nodes: Tensor, weights: Tensor, sq: Tensor, tau: float, delta: float) -> Tensor:
-    """Per-probe counts ``||z||^2 sum_j w_j g(theta_j)``, shape (m,), float64."""
-    return sq * (weights * smooth_step(nodes, tau, delta)).sum(1)
+def _counts(nodes: Tensor, weights: Tensor, sq: Tensor, lower: float, upper: float) -> Tensor:
+    """Per-probe traces ``||z||^2 sum_j w_j g(theta_j)`` of the step on [lower, upper], (m,)."""
+    return sq * (weights * smooth_step(nodes, lower, upper)).sum(1)
 
 
 def _lower_bound(full: tuple[Tensor, Tensor], three_quarter: tuple[Tensor, Tensor], sq: Tensor,
@@ -107,8 +111,9 @@ class SLQState:
     plus (probes, steps) float64 numbers.
     """
 
-    lanczos: _LanczosState
+    lanczos: ProbeLanczos
     sq: Tensor
+    target: int = 0  # the depth the run was advancing to (decisions are made only there)
 
     def snapshot(self) -> SLQState:
         """A deep copy (tensors cloned, lists copied) for ``torch.save``."""
@@ -118,10 +123,10 @@ class SLQState:
                             beta_prev=lz.beta_prev.clone(), alphas=[a.clone() for a in lz.alphas],
                             betas=[b.clone() for b in lz.betas], lengths=lz.lengths.clone(),
                             active=lz.active.clone(), scale=lz.scale.clone()),
-            sq=self.sq.clone())
+            sq=self.sq.clone(), target=self.target)
 
     def restore(self, *, dtype: torch.dtype, device: torch.device | str
-                ) -> tuple[_LanczosState, Tensor]:
+                ) -> tuple[ProbeLanczos, Tensor]:
         """The Lanczos state with its vectors on ``device`` in ``dtype`` (a fresh copy)."""
         lz = self.snapshot().lanczos
         lz.v = lz.v.to(device=device, dtype=dtype)
@@ -142,23 +147,30 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
 
     Estimator (Ubaru, Chen & Saad 2017): for Rademacher probes ``z_l``,
     ``tr g(A) ~ (1/m) sum_l ||z_l||^2 sum_j w_lj g(theta_lj)`` with ``theta, w`` the Gauss
-    nodes and weights of the Lanczos tridiagonal started at ``z_l``. ``g`` is a C^1 smooth
-    step (``counting.smooth_step``) from ``tau`` to ``delta``, the upper end of the spectral
-    gap above ``tau`` (given, or detected on the pooled Ritz values; ``2 tau`` without a
-    gap): a hard threshold on the node nearest zero wanders (Ubaru & Saad 2016 choose the
-    threshold from the density of states; Lin, Saad & Yang 2016 for the density).
+    nodes and weights of the Lanczos tridiagonal started at ``z_l``. Two C^1 smooth steps
+    (``counting.smooth_step``) bracket the count (``counting.Bracket``): one on
+    ``[tau - w_below, tau]`` is 1 wherever ``|x| > tau``, so its trace is at least the count;
+    one on ``[tau, tau + w_above]`` is 0 wherever ``|x| <= tau``, so its trace is at most the
+    count. The widths reach halfway to the nearest Ritz values on either side (at least
+    ``tau / 4``; a given ``gap`` is trusted and filled). No gap is assumed: eigenvalues near
+    tau separate the two readings and widen the interval
+    ``[lower end of the step above, upper end of the step below]`` (probe half-width at
+    ``confidence`` plus each reading's change between ``0.75 k`` and ``k`` steps).
 
-    Depth: after 20 steps ``lambda_max`` and the gap are read from the Ritz values, the
-    depth is planned from ``kappa = lambda_max / (delta - tau)`` (``steps_for_kappa``:
-    about ``3 sqrt(kappa)`` steps for a PSD operator, ``3 kappa`` for an indefinite one)
-    and then grown by 1.5x until the counts at ``k`` and ``0.75 k`` steps (the leading
-    ``0.75 k`` block of the same tridiagonal, so free) agree within
+    Depth: after 20 steps ``lambda_max`` and the band around tau are read from the Ritz
+    values; the depth is planned from ``kappa = lambda_max / width`` with ``width`` the
+    smaller of the band and ``tau - w_below`` (what separates the step below tau from zero:
+    null-space Ritz values wander until the depth resolves that), ``steps_for_kappa``: about
+    ``3 sqrt(kappa)`` steps when no Ritz value lies below ``-width`` (zero is then an edge),
+    ``3 kappa`` otherwise, at most ``2 n`` (by then Lanczos has found every eigenvalue to
+    round-off). It grows by 1.5x until both readings at ``k`` and ``0.75 k`` steps (the
+    leading block of the same tridiagonal, so free) agree within
     ``max(1, rtol * estimate / 2)``, or the budget ends. Converged means the check passed at
     or beyond the planned depth (or every probe broke down: the rule is then exact).
-    Not converged within the budget:
-    ``converged=False`` and ``steps_needed`` / ``matvecs_needed`` say what it would take
-    (at the gap seen so far), and ``lower_bound`` bounds the count from below: it counts
-    ``|lambda| > bound_at``, the smallest magnitude the depth reached resolves.
+    Not converged within the budget: ``converged=False``, ``steps_needed`` /
+    ``matvecs_needed`` say what it would take (at the band seen so far), and ``lower_bound``
+    bounds the count from below: it counts ``|lambda| > bound_at``, the smallest magnitude
+    (at least tau) the depth reached resolves.
 
     Deflation: with an orthonormal block ``Q`` (n, d) and its Ritz values (d,) (e.g. the
     top outliers from block Krylov), the count is ``#{|theta_Q| > tau}`` plus SLQ on
@@ -166,10 +178,10 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     thus ``kappa``.
 
     Cost: ``num_probes x steps`` products (one block product per step), plus ``2 d``
-    length-n inner products per column and step when deflating. Memory: ``3 num_probes``
-    length-n vectors (``v_prev, v, w`` per probe; plus one probe block at the start) and
-    the d deflation vectors; nothing grows with the depth except the (probes, steps)
-    float64 tridiagonals.
+    length-n inner products per column and step when deflating. Memory: a few length-n
+    vectors per probe (``planner.SLQ_VECTORS_PER_PROBE`` at the peak of a step) and the d
+    deflation vectors; nothing grows with the depth except the (probes, steps) float64
+    tridiagonals and the quadrature's ``depth^2`` float64 eigenvectors of one probe.
 
     Args:
         matmat: ``X (n, k) -> A X (n, k)`` for a symmetric A, same dtype and device.
@@ -181,8 +193,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
         max_steps: Cap on the steps per probe.
         num_steps: Run exactly this many steps (no planning or growth).
         psd: Whether A is positive semidefinite (plans ``sqrt(kappa)`` steps).
-        gap: ``(lower, upper)`` gap around ``tau`` known from elsewhere; ``upper`` is used
-            as ``delta``. Default: detected from the Ritz values.
+        gap: ``(lower, upper)`` known to hold no eigenvalue, ``lower <= tau < upper``: the
+            two steps then fill it. Default: the band is read from the Ritz values.
         lambda_max: Known ``max |lambda|`` (of the deflated operator when deflating).
         deflation: ``(Q, theta)``: Q (n, d) with orthonormal columns in the operator dtype
             and device, theta (d,) its Ritz values.
@@ -199,7 +211,8 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
             checkpoint ``state.snapshot()``); must not modify it.
 
     Returns:
-        ``DensityRank`` (``method="slq"``) with nodes/weights of shape (m, num_steps).
+        ``DensityRank`` (``method="slq"``) with nodes/weights of shape (m, num_steps);
+        ``estimate`` is the midpoint of the two readings (``readings``).
 
     Raises:
         ValueError: If ``tau <= 0``, a gap does not bracket ``tau``, ``rtol`` or
@@ -209,9 +222,9 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
     if not 0 < rtol < 1:
         err = bad_value("rtol", "in (0, 1)", rtol)
         raise err
-    resume = None
+    resume, target = None, 0
     if state is not None:  # the probes live on in the Lanczos vectors
-        resume = state.restore(dtype=dtype, device=device)
+        resume, target = state.restore(dtype=dtype, device=device), state.target
         z = resume[0].v
         num_probes = z.shape[1]
     elif probes is None:
@@ -247,50 +260,67 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
             z = z - q @ (c if reduce is None else reduce(c))
 
     if resume is None:
-        state, sq = _start(z, reduce)
+        state, sq = start_probes(z, reduce)
     else:
         state, sq = resume
     del z
 
     def advance(steps: int) -> None:
-        """Lanczos steps in chunks of CHECKPOINT_STEPS, reporting the state after each."""
+        """Lanczos steps in chunks of CHECKPOINT_STEPS, reporting the state after each.
+
+        The target depth travels with the reported state, so a resumed run first reaches
+        it and then decides exactly as the uninterrupted run did.
+        """
+        goal = int(state.lengths.max()) + steps
         while steps > 0:
             chunk = min(steps, CHECKPOINT_STEPS)
-            _advance(state, op, chunk, reduce)
+            advance_probes(state, op, chunk, reduce)
             steps -= chunk
             if on_step is not None:
-                on_step(SLQState(lanczos=state, sq=sq))
+                on_step(SLQState(lanczos=state, sq=sq, target=goal))
 
-    def read(depth: int) -> tuple[Tensor, Tensor, float, tuple[float, float] | None, float]:
-        nodes, weights = _ritz(state, depth)
+    def read(depth: int) -> tuple[Tensor, Tensor, float, Bracket]:
+        nodes, weights = gauss_rules(state, depth)
         lmax = float(nodes.abs().max()) * 1.01 if lambda_max is None else float(lambda_max)
-        if gap is not None:
-            return nodes, weights, lmax, gap, float(gap[1])
-        g = detect_gap(nodes, weights, tau, n=n)
-        # the lowest Ritz value above a gap overestimates the edge: stop the step halfway
-        delta = tau + 0.5 * (g[1] - tau) if g is not None else 2.0 * tau
-        return nodes, weights, lmax, g, delta
+        return nodes, weights, lmax, bracket(nodes, weights, tau, n=n, gap=gap)
+
+    def readings(nodes: Tensor, weights: Tensor, br: Bracket) -> tuple[Tensor, Tensor]:
+        """Per-probe traces of the step above tau (<= count) and below it (>= count)."""
+        return (_counts(nodes, weights, sq, tau, tau + br.w_above),
+                _counts(nodes, weights, sq, tau - br.w_below, tau))
 
     first = step_cap if num_steps is not None else min(_FIRST_STEPS, step_cap)
     if resume is None:
         advance(first)
+    elif state.active.any() and target > int(state.lengths.max()):
+        advance(target - int(state.lengths.max()))
     while True:
         depth = int(state.lengths.max())
-        nodes, weights, lmax, g, delta = read(depth)
-        kappa = max(1.0, lmax / (delta - tau))
-        planned = steps_for_kappa(kappa, psd)
+        nodes, weights, lmax, br = read(depth)
+        # the depth must resolve the band around tau and separate tau - w_below from zero:
+        # below that resolution null-space Ritz values cannot be told from small eigenvalues
+        kappa = max(1.0, lmax / min(br.width, tau - br.w_below))
+        # no node below -width: zero is (within the band) an edge of what Lanczos has seen,
+        # so plan as for a PSD operator; the k vs 0.75 k check still has the last word
+        edge = psd or float(nodes.min()) >= -br.width
+        planned = steps_for_kappa(kappa, edge)
+        if reduce is None:  # n is the full size: by 2 n steps Lanczos (in floating point)
+            planned = min(planned, 2 * n)  # has found every eigenvalue to round-off
         finished = not bool(state.active.any())
         if num_steps is None and not finished and depth < min(planned, step_cap):
-            # grow towards the plan at most 2x at a time: the first gap reading is rough
+            # grow towards the plan at most 2x at a time: the first band reading is rough
             advance(min(planned, step_cap, 2 * depth) - depth)
             continue
-        per_probe = _counts(nodes, weights, sq, tau, delta)
-        nodes3, weights3 = _ritz(state, max(1, round(0.75 * depth)))
+        lo_probe, hi_probe = readings(nodes, weights, br)
+        nodes3, weights3 = gauss_rules(state, max(1, round(0.75 * depth)))
+        lo3, hi3 = readings(nodes3, weights3, br)
         # a probe that broke down has an exact quadrature: it contributes no bias
-        per_probe3 = torch.where(state.active, _counts(nodes3, weights3, sq, tau, delta),
-                                 per_probe)
-        est = float(per_probe.mean())
-        bias = abs(est - float(per_probe3.mean()))
+        lo3 = torch.where(state.active, lo3, lo_probe)
+        hi3 = torch.where(state.active, hi3, hi_probe)
+        bias_lo = abs(float(lo_probe.mean()) - float(lo3.mean()))
+        bias_hi = abs(float(hi_probe.mean()) - float(hi3.mean()))
+        est = 0.5 * float(lo_probe.mean() + hi_probe.mean())
+        bias = max(bias_lo, bias_hi)
         # the k vs 0.75 k check can be fooled far below the planned depth: require both
         converged = finished or (bias <= max(1.0, 0.5 * rtol * abs(est)) and depth >= planned)
         if converged or num_steps is not None or depth >= step_cap:
@@ -299,31 +329,38 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
 
     if finished:
         notes.append("Lanczos broke down on every probe: the quadrature is exact")
+    g = br.gap()
     if g is None:
-        notes.append("no spectral gap above tau detected; smooth step on [tau, 2 tau]")
+        notes.append(f"no spectral gap around tau: eigenvalues with |lambda| in "
+                     f"[{tau - br.w_below:.3g}, {tau + br.w_above:.3g}] (about "
+                     f"{float((hi_probe - lo_probe).mean()):.0f} of them) are not resolved "
+                     "and widen the interval")
     steps_needed = depth if converged else max(planned, math.ceil(_GROWTH * depth))
-    mean, s, low, high = count_interval(per_probe, n=n, bias=bias, confidence=confidence)
+    mean_lo, s_lo, low, _ = count_interval(lo_probe, n=n, bias=bias_lo, confidence=confidence)
+    mean_hi, s_hi, _, high = count_interval(hi_probe, n=n, bias=bias_hi, confidence=confidence)
     lower_bound, bound_at = None, None
     if not converged:
         notes.append(f"not converged within {budget} products: about {steps_needed} steps per "
-                     f"probe ({num_probes * steps_needed} products) needed at the gap seen so "
-                     "far (more if smaller eigenvalues show up as the depth grows)")
-        resolved = lmax / kappa_for_steps(depth, psd)
-        if resolved > tau:
-            bound_at = resolved
-            lower_bound = deflated_count + _lower_bound(
-                (nodes, weights), (nodes3, weights3), sq, state.active, bound_at, n=n,
-                confidence=confidence)
-    estimate = mean + deflated_count
+                     f"probe ({num_probes * steps_needed} products) needed at the band seen "
+                     "so far (more if smaller eigenvalues show up as the depth grows)")
+        # the step on [at, 2 at] is resolved when at is: it counts at most #{|lambda| > tau}
+        bound_at = max(lmax / kappa_for_steps(depth, edge), tau)
+        lower_bound = deflated_count + _lower_bound(
+            (nodes, weights), (nodes3, weights3), sq, state.active, bound_at, n=n,
+            confidence=confidence)
+    estimate = 0.5 * (mean_lo + mean_hi) + deflated_count
     return DensityRank(
         estimate=estimate, rank=round(estimate), rank_low=low + deflated_count,
-        rank_high=min(n, high + deflated_count), confidence=confidence, probe_std=s,
-        resolution_bias=bias, num_matvecs=state.num_matvecs, num_steps=depth,
-        num_probes=num_probes, converged=converged, steps_needed=steps_needed,
-        matvecs_needed=num_probes * steps_needed, tau=tau, delta=delta, gap=g,
-        lambda_max=lmax, kappa=kappa, num_deflated=d, deflated_count=deflated_count,
-        lower_bound=lower_bound, bound_at=bound_at, probe_estimates=per_probe + deflated_count,
-        nodes=nodes, weights=weights, method="slq", notes=tuple(notes))
+        rank_high=min(n, high + deflated_count), confidence=confidence,
+        probe_std=max(s_lo, s_hi), resolution_bias=bias, num_matvecs=state.num_matvecs,
+        num_steps=depth, num_probes=num_probes, converged=converged,
+        steps_needed=steps_needed, matvecs_needed=num_probes * steps_needed, tau=tau,
+        delta=tau + br.w_above, gap=g, lambda_max=lmax, kappa=kappa, num_deflated=d,
+        deflated_count=deflated_count, lower_bound=lower_bound, bound_at=bound_at,
+        probe_estimates=0.5 * (lo_probe + hi_probe) + deflated_count,
+        readings=(mean_lo + deflated_count, mean_hi + deflated_count),
+        delta_below=tau - br.w_below, nodes=nodes, weights=weights, method="slq",
+        notes=tuple(notes))
 
 
 def slq_density(nodes: Tensor, weights: Tensor, *, n: int, num_points: int = 512,

@@ -9,6 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scalable_hrank.errors import InputError, NonFiniteError
+
+
+class NonFiniteDataError(InputError, NonFiniteError):
+    """The user's data holds NaN or inf: bad input (exit 2) that makes the loss non-finite."""
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -53,6 +59,26 @@ def call_model(model_call: Any, params: dict[str, Tensor], inputs: Any) -> Tenso
     return torch.func.functional_call(model_call, params, (inputs,))
 
 
+def _non_finite(x: Any, name: str) -> str | None:
+    """Name of the first floating tensor in ``x`` holding NaN or inf, with the count."""
+    if isinstance(x, Tensor):
+        if x.is_floating_point() or x.is_complex():
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                return f"{name} ({bad} of {x.numel()} entries NaN or inf)"
+        return None
+    items: Iterable[tuple[str, Any]] = ()
+    if isinstance(x, Mapping):
+        items = ((f"{name}[{k!r}]", v) for k, v in x.items())
+    elif isinstance(x, (tuple, list)):
+        items = ((f"{name}[{j}]", v) for j, v in enumerate(x))
+    for sub, v in items:
+        found = _non_finite(v, sub)
+        if found is not None:
+            return found
+    return None
+
+
 def _fingerprint(inputs: Any, targets: Tensor) -> float:
     t = _first_tensor(inputs)
     s = float(targets.double().sum()) if targets.numel() else 0.0
@@ -69,6 +95,8 @@ class BatchSource:
     with replacement, random augmentation) is reported instead of giving a random matrix.
 
     Raises:
+        NonFiniteDataError: A batch with NaN or inf in its inputs or targets (named, with
+            the batch index); an ``InputError`` and a ``NonFiniteError``.
         ValueError: Empty data, a batch that is not an (inputs, targets) pair, inputs and
             targets with different batch sizes.
     """
@@ -114,6 +142,12 @@ class BatchSource:
             size = int(y.shape[0]) if y.dim() else 1
             if size == 0:
                 continue
+            if not check:
+                bad = _non_finite(x, "inputs") or _non_finite(y, "targets")
+                if bad is not None:
+                    msg = (f"batch {i} has non-finite data in its {bad}, so the loss is not "
+                           "finite; clean or drop those samples")
+                    raise NonFiniteDataError(msg, num_matvecs=0, batch=i)
             fp = _fingerprint(x, y)
             prints.append(fp)
             seen = len(prints)
