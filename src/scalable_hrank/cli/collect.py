@@ -21,32 +21,13 @@ from typing import Any
 
 from scalable_hrank._io import atomic_write_text
 from scalable_hrank.errors import InputError
+from scalable_hrank.result import RankResult
 
 #: Result columns of every row, in this order (the settings follow).
 COLUMNS = ("task", "status", "block", "kind", "n", "rank", "rank_low", "rank_high", "guarantee",
            "certified", "confidence", "method", "matvecs", "seconds", "bound", "bound_reason",
            "tol", "exact_rank", "wall_seconds", "error")
 _KINDS = ("loss", "outer", "functional")
-
-
-def guarantee_of(result: dict[str, Any]) -> str:
-    """What a result's rank is: "exact", "certified", "estimate", "bound" or "unreliable".
-
-    Uses the result's own ``guarantee`` when it has one; otherwise derives it: the dense
-    method is exact, a certificate makes it certified, a converged stochastic count is an
-    estimate (with its interval), an uncertified count with an interval is a bound.
-    """
-    if result.get("guarantee"):
-        return str(result["guarantee"])
-    if result.get("method") == "exact":
-        return "exact"
-    if result.get("certified"):
-        return "certified"
-    if (result.get("extra") or {}).get("converged"):
-        return "estimate"
-    if result.get("rank_low") is not None or result.get("rank_high") is not None:
-        return "bound"
-    return "unreliable"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -97,7 +78,7 @@ def _rows(index: int, rec: dict[str, Any] | None, settings: dict[str, Any]
                                                     if len(results) == 1 else None)
         row = {"task": index, "status": status, "block": settings.get("block") or "",
                "kind": kind, **{k: res.get(k) for k in ("n", "rank", "rank_low", "rank_high")},
-               "guarantee": guarantee_of(res) if res else None,
+               "guarantee": RankResult.from_dict(res).guarantee if res else None,
                **{k: res.get(k) for k in ("certified", "confidence", "method", "matvecs",
                                           "seconds")},
                "bound": bound.get("bound"), "bound_reason": bound.get("reason"),

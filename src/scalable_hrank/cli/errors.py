@@ -8,8 +8,10 @@ bug in scalable-hrank and gets :data:`EXIT_INTERNAL` with its traceback.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 
 from scalable_hrank.errors import InputError, NonFiniteError
+from scalable_hrank.result import RankResult
 
 #: Every result exact, certified or a converged estimate; or the command succeeded.
 EXIT_OK = 0
@@ -29,6 +31,13 @@ EXIT_CODES: dict[int, str] = {
     EXIT_PREEMPTED: "pre-empted after checkpointing; rerun the same command to resume",
     EXIT_INTERNAL: "internal error (a bug; the traceback is printed)",
 }
+
+
+
+def exit_code(results: Iterable[RankResult]) -> int:
+    """EXIT_OK when every result is exact, certified or an estimate; else EXIT_BOUND."""
+    return EXIT_OK if all(r.reliable for r in results) else EXIT_BOUND
+
 
 _FILE_HINTS = {
     errno.ENOENT: "check the path",

@@ -30,8 +30,7 @@ import torch
 from scalable_hrank import __version__
 from scalable_hrank._io import atomic_write_text, check_writable
 from scalable_hrank.checkpoint import per_rank_path
-from scalable_hrank.cli.errors import EXIT_PREEMPTED
-from scalable_hrank.cli.outcome import exit_code, guarantee_of, summary_line
+from scalable_hrank.cli.errors import EXIT_PREEMPTED, exit_code
 from scalable_hrank.cli.progress import ProductBar
 from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerprint
 from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
@@ -243,7 +242,7 @@ def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selec
         raise
     bar.finish(res.matvecs)
     if ckpt is not None:
-        ckpt.finish(res, guarantee_of(res))
+        ckpt.finish(res, res.guarantee)
     return res
 
 
@@ -278,7 +277,7 @@ def _write_result(s: dict[str, Any], description: str, n: int,
                   results: dict[str, RankResult]) -> None:
     doc: dict[str, Any] = {"model": description, "n": n,
                            "results": {k: r.to_dict() for k, r in results.items()},
-                           "guarantees": {k: guarantee_of(r) for k, r in results.items()},
+                           "guarantees": {k: r.guarantee for k, r in results.items()},
                            "provenance": provenance(dict(s))}
     if len(results) == 1:
         doc.update(next(iter(results.values())).to_dict())
@@ -341,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_PREEMPTED
             results[kind] = res
             if rank0:
-                print(summary_line(res))
+                print(res.summary())
                 for note in res.notes:
                     print(f"  note: {note}")
     if s.get("out") and rank0:
