@@ -154,7 +154,8 @@ def exact_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "los
         data: An (inputs, targets) pair or an iterable of pairs.
         kind: "loss" (H_L), "outer" (H_O) or "functional" (H_F).
         params: None (all trainable), name globs, or the model's parameter objects.
-        rtol: Threshold relative to sigma_max(H_L). Default P * eps(float64).
+        rtol: Threshold relative to sigma_max(H_L). Default min(max(P, 10) eps, sqrt(eps)) of
+            float64.
         atol: Absolute threshold; with both, the larger applies.
         max_memory_bytes: Refuse when the dense path needs more (see
             :func:`dense_memory_bytes`); raise it deliberately for larger models.

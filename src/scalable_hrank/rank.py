@@ -112,7 +112,8 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         method: "sketch" (block Krylov, certified), "lanczos" (block size 1), "density"
             (spectral-density count with an interval), "exact" (dense), or "auto".
         params: None (all trainable), name globs, or the model's parameter objects.
-        rtol: Threshold relative to sigma_max(H_L); default min(P eps, sqrt(eps)) of ``dtype``.
+        rtol: Threshold relative to sigma_max(H_L); default min(max(P, 10) eps, sqrt(eps)) of
+            ``dtype`` (:func:`scalable_hrank.threshold.default_rtol`).
         atol: Absolute threshold; with ``rtol`` the larger applies.
         seed: Seeds the CPU generator behind every random vector (same on every process).
         max_matvecs: Product budget of the solver (default P + certificate).
