@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int
-from scalable_hrank.linalg import _block
+from scalable_hrank.linalg import block_krylov as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.orth import inner, project_out
 
@@ -107,7 +107,7 @@ def _breakdown_tol(dtype: torch.dtype, scale: float, m: int) -> float:
 
 
 def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bool = True,
-            reduce: Reduce = None) -> LanczosDecomposition:
+            reduce: Reduce = None, breakdown_tol: float | None = None) -> LanczosDecomposition:
     """Tridiagonalize a symmetric operator A from the start vector ``v0``.
 
     Args:
@@ -119,6 +119,9 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
             Required for counting Ritz values; without it only the three-term recurrence is
             used (fine for quadrature, ghosts appear in the Ritz values).
         reduce: Sums inner products over processes when vectors are sharded by rows.
+        breakdown_tol: Stop when the residual norm beta falls to it. Default
+            ``16 sqrt(j + 1) eps`` times the largest coefficient or product norm seen
+            (rounding level); 0.0 stops on an exact breakdown only.
 
     Returns:
         A :class:`LanczosDecomposition`; it stops early with ``breakdown=True`` when the
@@ -133,7 +136,8 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
         msg = f"v0 must have shape (n,) or (n, 1); got {tuple(v0.shape)}"
         raise ValueError(msg)
     n = v.shape[0]
-    check_positive_int("num_matvecs", num_matvecs, maximum=n)
+    # with sharded rows (reduce given) the local length is not the dimension
+    check_positive_int("num_matvecs", num_matvecs, maximum=n if reduce is None else None)
     nrm = math.sqrt(float(inner(v, v, reduce, dtype=F64)))
     if nrm == 0.0:
         msg = "v0 must be nonzero"
@@ -149,7 +153,7 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
     for j in range(num_matvecs):
         rows[j] = q[:, 0]
         aq = matmat(q)
-        _block.check_product(q, aq)
+        _engine.check_product(q, aq)
         alpha = float(inner(q, aq, reduce, dtype=F64))
         w = aq - alpha * q
         if prev is not None:
@@ -163,7 +167,8 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
         scale = max(scale, abs(alpha), beta, math.sqrt(float(inner(aq, aq, reduce, dtype=F64))))
         alphas.append(alpha)
         betas.append(beta)
-        if beta <= _breakdown_tol(v.dtype, scale, j + 1):
+        tol = _breakdown_tol(v.dtype, scale, j + 1) if breakdown_tol is None else breakdown_tol
+        if beta <= tol:
             breakdown = True
             break
         prev, q, beta_prev = q, w / beta, beta
@@ -175,7 +180,10 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
 
 def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
                   reduce: Reduce = None) -> BlockLanczosDecomposition:
-    """Block Lanczos with full reorthogonalization (CGS2) from the start block ``v0``.
+    """Block Lanczos with full reorthogonalization (block CGS2) from the start block ``v0``.
+
+    A thin wrapper over the engine in :mod:`.block_krylov` that runs it to the budget or to
+    breakdown and returns the decomposition.
 
     Each product with a block X (n, k) fills column block j of B = Q^T A Q in float64 and,
     after two Gram-Schmidt passes and a rank-revealing orthonormalization (dependent columns
@@ -203,7 +211,7 @@ def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
     n, b = v.shape
     check_positive_int("num_matvecs", num_matvecs)
     gen = torch.Generator()
-    state = _block.init_state(n, b, v, gen, reduce)
+    state = _engine.init_state(n, b, v, gen, reduce)
     def drop_tol(scale: float, m: int) -> float:
         return _breakdown_tol(v.dtype, scale, m)
 
@@ -211,12 +219,12 @@ def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
         width = min(state.pending.shape[1], num_matvecs - state.num_matvecs, n - state.size)
         if width <= 0:
             break
-        _block.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
+        _engine.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
     breakdown = state.pending.shape[1] == 0 and state.size < n
     coupling = state.coupling if state.coupling is not None else torch.zeros(0, 0, dtype=F64)
     return BlockLanczosDecomposition(
         basis=state.basis, projected=state.projected,
-        residual_norm=_block.residual_bound(state), asymmetry=_block.asymmetry(state),
+        residual_norm=_engine.residual_bound(state), asymmetry=_engine.asymmetry(state),
         num_matvecs=state.num_matvecs, residual_coupling=coupling,
         dropped_norm=math.sqrt(state.dropped_sq), breakdown=breakdown)
 

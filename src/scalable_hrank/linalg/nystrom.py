@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int, check_tolerance
-from scalable_hrank.linalg import _block
+from scalable_hrank.linalg import block_krylov as _block
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.orth import inner, orthonormalize
 
