@@ -9,6 +9,7 @@ import torch
 
 from scalable_hrank.linalg import block_krylov as engine
 from scalable_hrank.linalg.krylov_rank import deflated_norm, krylov_rank
+from scalable_hrank.linalg.lanczos import lanczos, largest_ritz_magnitudes, ritz_pairs
 
 from .planted import gapped_spectrum, geometric_spectrum, planted
 
@@ -110,8 +111,11 @@ def test_widened_rank_is_exact_and_certified(always_widen, small_panels, kw):
                       generator=_gen())
     assert res.certified and res.rank == p.rank(res.tol) == r
     assert res.error_bound < res.tol
-    # widening costs at most about two widest blocks of products beyond the basis it needs
-    assert res.num_matvecs <= r + 2 * 32 + 4 + kr_module.certificate_steps_for(n)
+    # widening costs at most about two widest blocks of products beyond the basis it needs;
+    # the certificate, with a large basis, batches CERT_STARTS shorter runs
+    batched = kr_module.certificate_steps_for(n, kr_module.CERTIFICATE_FAILURE ** (
+        1 / kr_module.CERT_STARTS))
+    assert res.num_matvecs <= r + 2 * 32 + 4 + kr_module.CERT_STARTS * batched
 
 
 def test_widened_mass_just_above_tau(always_widen):
@@ -193,3 +197,50 @@ def test_deflated_norm_one_pass_is_a_lower_bound_within_the_slack(small_panels):
     # the same estimate from the concatenated basis
     theta2, _ = deflated_norm(p.matmat(), q, num_matvecs=35, generator=_gen(1))
     assert math.isclose(theta, theta2, rel_tol=1e-10)
+
+
+def test_batched_runs_equal_separate_runs():
+    # s runs batched in one block product give each run's own three-term Lanczos estimate.
+    n = 120
+    p = planted(torch.linspace(-0.5, 2.0, n, dtype=F64), seed=10)
+    v0 = torch.randn(n, 3, generator=_gen(11), dtype=F64)
+    theta, used = largest_ritz_magnitudes(p.matmat(), v0, num_matvecs=12)
+    assert used == 36 and theta.shape == (3,)
+    for i in range(3):
+        alone, _ = largest_ritz_magnitudes(p.matmat(), v0[:, i:i + 1], num_matvecs=12)
+        assert math.isclose(float(theta[i]), float(alone[0]), rel_tol=1e-12)
+        ref = ritz_pairs(lanczos(p.matmat(), v0[:, i], num_matvecs=12)).values.abs().max()
+        assert math.isclose(float(theta[i]), float(ref), rel_tol=1e-9)
+    assert float(theta.max()) <= 2.0 * (1 + 1e-12)
+
+
+def test_batched_run_stops_alone_on_breakdown():
+    # Run 0 starts in a 2-dimensional invariant subspace: it breaks down after 2 steps, the
+    # other keeps going; the products count only active runs.
+    n = 60
+    lam = torch.linspace(1.0, 0.1, n, dtype=F64)
+    a = torch.diag(lam)
+    v0 = torch.zeros(n, 2, dtype=F64)
+    v0[:2, 0] = 1.0
+    v0[:, 1] = torch.randn(n, generator=_gen(12), dtype=F64)
+    theta, used = largest_ritz_magnitudes(lambda x: a @ x, v0, num_matvecs=10,
+                                          breakdown_tol=1e-12)
+    assert used == 2 + 10
+    assert math.isclose(float(theta[0]), 1.0, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("below", [0.05, 0.4])
+def test_batched_certificate_keeps_the_bound(always_widen, below):
+    # With a large basis the certificate batches shorter runs. PSD mass below tau: far below,
+    # it certifies the true count; at 0.4 tau the slack 1 / (1 - eps) leaves the window
+    # unclear, and the bracket must still hold.
+    n, tau = 400, 1e-6
+    lam = torch.cat([torch.linspace(1.0, 1e-3, 120, dtype=F64),
+                     torch.full((40,), below * tau, dtype=F64), torch.zeros(n - 160, dtype=F64)])
+    p = planted(lam, seed=13)
+    res = krylov_rank(p.matmat(), n, tol=tau, block_size=4, max_block_size=32,
+                      generator=_gen())
+    assert res.rank_low <= 120 <= res.rank_high
+    assert res.certified == (below < 0.1)
+    if res.certified:
+        assert res.rank == 120 and res.error_bound < tau

@@ -24,6 +24,7 @@ __all__ = [
     "RitzPairs",
     "block_lanczos",
     "lanczos",
+    "largest_ritz_magnitudes",
     "ritz_pairs",
 ]
 
@@ -107,7 +108,7 @@ def _breakdown_tol(dtype: torch.dtype, scale: float, m: int) -> float:
 
 
 def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bool = True,
-            reduce: Reduce = None, breakdown_tol: float | None = None) -> LanczosDecomposition:
+            reduce: Reduce = None) -> LanczosDecomposition:
     """Tridiagonalize a symmetric operator A from the start vector ``v0``.
 
     Args:
@@ -119,9 +120,6 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
             Required for counting Ritz values; without it only the three-term recurrence is
             used (fine for quadrature, ghosts appear in the Ritz values).
         reduce: Sums inner products over processes when vectors are sharded by rows.
-        breakdown_tol: Stop when the residual norm beta falls to it. Default
-            ``16 sqrt(j + 1) eps`` times the largest coefficient or product norm seen
-            (rounding level); 0.0 stops on an exact breakdown only.
 
     Returns:
         A :class:`LanczosDecomposition`; it stops early with ``breakdown=True`` when the
@@ -136,8 +134,7 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
         msg = f"v0 must have shape (n,) or (n, 1); got {tuple(v0.shape)}"
         raise ValueError(msg)
     n = v.shape[0]
-    # with sharded rows (reduce given) the local length is not the dimension
-    check_positive_int("num_matvecs", num_matvecs, maximum=n if reduce is None else None)
+    check_positive_int("num_matvecs", num_matvecs, maximum=n)
     nrm = math.sqrt(float(inner(v, v, reduce, dtype=F64)))
     if nrm == 0.0:
         msg = "v0 must be nonzero"
@@ -167,8 +164,7 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
         scale = max(scale, abs(alpha), beta, math.sqrt(float(inner(aq, aq, reduce, dtype=F64))))
         alphas.append(alpha)
         betas.append(beta)
-        tol = _breakdown_tol(v.dtype, scale, j + 1) if breakdown_tol is None else breakdown_tol
-        if beta <= tol:
+        if beta <= _breakdown_tol(v.dtype, scale, j + 1):
             breakdown = True
             break
         prev, q, beta_prev = q, w / beta, beta
@@ -176,6 +172,82 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
     return LanczosDecomposition(
         basis=rows[:m].mT, alphas=torch.tensor(alphas, dtype=F64),
         betas=torch.tensor(betas, dtype=F64), num_matvecs=m, breakdown=breakdown)
+
+
+def largest_ritz_magnitudes(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
+                            reduce: Reduce = None,
+                            breakdown_tol: float = 0.0) -> tuple[Tensor, int]:
+    """Run s independent Lanczos recurrences at once; return each one's largest ``|Ritz|``.
+
+    Column i of ``v0`` starts run i; every step multiplies the still active columns as one
+    block (so a basis-sized projection inside ``matmat`` is read once for all runs). Each run
+    is the three-term recurrence of :func:`lanczos` without reorthogonalization (ghost copies
+    do not change the largest ``|Ritz value|``) and stops alone on a breakdown
+    (``beta <= breakdown_tol``).
+
+    Args:
+        matmat: ``X (n, k) -> A X (n, k)``, dtype and device of ``v0``.
+        v0: Start vectors, shape (n, s), nonzero columns.
+        num_matvecs: Steps per run (products of one column each).
+        reduce: Sums inner products over processes when vectors are sharded by rows.
+        breakdown_tol: A run stops when its beta falls to it (default: exact zero only).
+
+    Returns:
+        ``(theta, products)``: shape (s,) float64 on CPU, the largest ``|eigenvalue|`` of each
+        run's tridiagonal matrix, and the products spent (at most ``s * num_matvecs``).
+        Memory: 4 blocks of (n, s).
+    """
+    if v0.dim() != 2 or v0.shape[1] == 0:
+        msg = f"v0 must have shape (n, s) with s >= 1; got {tuple(v0.shape)}"
+        raise ValueError(msg)
+    check_positive_int("num_matvecs", num_matvecs)
+    s = v0.shape[1]
+    norms = (inner(v0, v0, reduce, dtype=F64).diagonal()).sqrt()
+    if bool((norms == 0).any()):
+        msg = "v0 must have nonzero columns"
+        raise ValueError(msg)
+    q = v0 / norms.to(v0.dtype)
+    prev = torch.zeros_like(q)
+    beta = torch.zeros(s, dtype=F64, device=v0.device)
+    active = list(range(s))
+    alphas: list[list[float]] = [[] for _ in range(s)]
+    betas: list[list[float]] = [[] for _ in range(s)]
+    products = 0
+    for _ in range(num_matvecs):
+        aq = matmat(q)
+        _engine.check_product(q, aq)
+        products += len(active)
+        alpha = _coldot(q, aq, reduce)
+        w = aq - q * alpha.to(q.dtype) - prev * beta.to(q.dtype)
+        w = w - q * _coldot(q, w, reduce).to(q.dtype)
+        beta = _coldot(w, w, reduce).clamp_min(0.0).sqrt()
+        keep = []
+        for j, run in enumerate(active):
+            alphas[run].append(float(alpha[j]))
+            if float(beta[j]) > breakdown_tol:
+                betas[run].append(float(beta[j]))
+                keep.append(j)
+        if not keep:
+            break
+        idx = torch.tensor(keep, device=q.device)
+        active = [active[j] for j in keep]
+        beta = beta[idx]
+        prev, q = q[:, idx], w[:, idx] / beta.to(q.dtype)
+    theta = torch.zeros(s, dtype=F64)
+    for run in range(s):
+        k = len(alphas[run])
+        t = torch.diag(torch.tensor(alphas[run], dtype=F64))
+        if k > 1:
+            off = torch.tensor(betas[run][: k - 1], dtype=F64)
+            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        theta[run] = torch.linalg.eigvalsh(t).abs().max()
+    return theta, products
+
+
+def _coldot(a: Tensor, b: Tensor, reduce: Reduce) -> Tensor:
+    """Column-wise inner products (s,) in float64, summed over processes by ``reduce``."""
+    out = (a.to(F64) * b.to(F64)).sum(0)
+    return reduce(out) if reduce is not None else out
 
 
 def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
