@@ -15,7 +15,7 @@ enough to run the orthogonalization as matrix-matrix products.
 
 The basis is stored as row panels of at most :data:`PANEL_ROWS` basis vectors each (the rows of
 Q^T, so each panel's column view is column-major, as the products return their blocks): the
-basis grows without ever being copied (only the last, partly filled panel doubles while it is
+basis grows without ever being copied (only the last, partly filled panel grows while it is
 small), and the memory beyond the basis itself is less than one panel. :class:`KrylovState` is
 a plain dataclass of tensors and numbers, so a pre-empted job can
 save it (:meth:`KrylovState.snapshot`) and resume bit-identically: the panel boundaries depend
@@ -186,8 +186,12 @@ def init_state(n: int, block_size: int, start: Tensor, generator: torch.Generato
 
 
 def panel_height(used: int) -> int:
-    """Rows allocated for a panel holding ``used`` vectors: a power of two, 16 to PANEL_ROWS."""
-    return min(PANEL_ROWS, max(16, 1 << max(0, used - 1).bit_length()))
+    """Rows allocated for a panel that must hold ``used`` vectors.
+
+    1.25 ``used`` rounded up to a multiple of 16, at most PANEL_ROWS: an upper bound on any
+    panel's allocation.
+    """
+    return min(PANEL_ROWS, 16 * -(-(5 * used) // 64))
 
 
 def allocated_vectors(m: int, dim: int) -> int:
@@ -202,7 +206,7 @@ def allocated_vectors(m: int, dim: int) -> int:
 def _append(state: KrylovState, x: Tensor) -> None:
     """Write the columns of x (n, k) as the next basis vectors.
 
-    A new panel opens small and doubles (a copy of less than one panel) up to
+    A new panel opens small and grows by a quarter (a copy of less than one panel) up to
     :data:`PANEL_ROWS` rows; the panels before it never move.
     """
     done, k = 0, x.shape[1]
