@@ -244,3 +244,25 @@ def test_batched_certificate_keeps_the_bound(always_widen, below):
     assert res.certified == (below < 0.1)
     if res.certified:
         assert res.rank == 120 and res.error_bound < tau
+
+
+def test_panel_layout_bounds_the_unused_room():
+    dim = 10**6
+    for m in (1, 16, 17, 100, 168, 255, 1000, 3000, 5000):
+        alloc = engine.allocated_vectors(m, dim)
+        assert m <= alloc <= m + min(m / 4 + 16, engine.PANEL_ROWS)
+    assert engine.allocated_vectors(50, 40) == 40  # never beyond the dimension
+
+
+def test_panels_are_never_copied_to_grow():
+    n = 300
+    p = planted(gapped_spectrum(n, 200, seed=14), seed=14)
+    gen = _gen(0)
+    state = engine.init_state(n, 8, engine.draw(n, 8, gen, F64, "cpu"), gen, None)
+    seen = {}
+    for _ in range(20):
+        engine.step(state, p.matmat(), None, width=state.pending.shape[1], drop_tol=_tol(state))
+        for i, panel in enumerate(state.panels):
+            assert seen.setdefault(i, panel.data_ptr()) == panel.data_ptr()
+    assert state.size == 160 and len(state.panels) > 1
+    assert sum(t.shape[0] for t in state.panels) == engine.allocated_vectors(160, n)

@@ -15,8 +15,8 @@ enough to run the orthogonalization as matrix-matrix products.
 
 The basis is stored as row panels of at most :data:`PANEL_ROWS` basis vectors each (the rows of
 Q^T, so each panel's column view is column-major, as the products return their blocks): the
-basis grows without ever being copied (only the last, partly filled panel grows while it is
-small), and the memory beyond the basis itself is less than one panel. :class:`KrylovState` is
+basis grows without ever being copied, and the unused room of the last panel stays below a
+quarter of the basis and below one full panel. :class:`KrylovState` is
 a plain dataclass of tensors and numbers, so a pre-empted job can
 save it (:meth:`KrylovState.snapshot`) and resume bit-identically: the panel boundaries depend
 only on the basis size, so a resumed run performs the very same floating-point operations.
@@ -66,9 +66,9 @@ class KrylovState:
         n: Operator size (local rows when sharded).
         block_size: Requested block width b.
         dtype: Basis dtype (the operator's).
-        panels: Row panels of Q^T: panel i has shape (rows_i, n), rows_i <= ``PANEL_ROWS``,
-            and holds basis vectors ``i * PANEL_ROWS`` onward; only the first
-            ``size - i * PANEL_ROWS`` rows of the last panel are in use.
+        panels: Row panels of Q^T: the panel opened at basis size s holds
+            :func:`panel_height` (s) vectors from s on (shape (rows, n)); the last one is
+            in use up to ``size`` (a snapshot trims it to those rows).
         size: Basis size m.
         projected: Shape (m, m) float64, the symmetrized Q^T A Q filled from the products.
         pending: Shape (n, k), the next orthonormal block (not yet multiplied); k may be 0
@@ -115,11 +115,12 @@ class KrylovState:
     @property
     def columns(self) -> list[Tensor]:
         """The basis as (n, m_i) column views of the panels in use (no copy)."""
-        out = []
-        for i, panel in enumerate(self.panels):
-            rows = min(panel.shape[0], self.size - i * PANEL_ROWS)
+        out, start = [], 0
+        for panel in self.panels:
+            rows = min(panel.shape[0], self.size - start)
             if rows > 0:
                 out.append(panel[:rows].mT)
+            start += panel_height(start)
         return out
 
     @property
@@ -185,39 +186,43 @@ def init_state(n: int, block_size: int, start: Tensor, generator: torch.Generato
         generator_state=generator.get_state(), shard=shard)
 
 
-def panel_height(used: int) -> int:
-    """Rows allocated for a panel that must hold ``used`` vectors.
+def panel_height(start: int) -> int:
+    """Rows of the panel that opens when the basis holds ``start`` vectors.
 
-    1.25 ``used`` rounded up to a multiple of 16, at most PANEL_ROWS: an upper bound on any
-    panel's allocation.
+    A quarter of the basis so far, rounded up to a multiple of 16, between 16 and
+    :data:`PANEL_ROWS`: the unused room of the last panel stays below a quarter of the basis
+    (plus 16) and below :data:`PANEL_ROWS`, and no panel is ever copied to grow.
     """
-    return min(PANEL_ROWS, 16 * -(-(5 * used) // 64))
+    return min(PANEL_ROWS, 16 * max(1, -(-start // 64)))
 
 
 def allocated_vectors(m: int, dim: int) -> int:
     """Basis vectors allocated for a basis of m vectors (space dimension ``dim``)."""
-    full, last = divmod(m, PANEL_ROWS)
-    rows = full * PANEL_ROWS
-    if last:
-        rows += min(panel_height(last), dim - rows)
-    return rows
+    start = 0
+    while start < min(m, dim):
+        start += min(panel_height(start), dim - start)
+    return start
 
 
 def _append(state: KrylovState, x: Tensor) -> None:
-    """Write the columns of x (n, k) as the next basis vectors.
+    """Write the columns of x (n, k) as the next basis vectors, opening panels as needed.
 
-    A new panel opens small and grows by a quarter (a copy of less than one panel) up to
-    :data:`PANEL_ROWS` rows; the panels before it never move.
+    Panels never move; only a trimmed last panel from a snapshot is reopened at full height
+    (a copy of less than one panel, once per resume).
     """
     done, k = 0, x.shape[1]
     while done < k:
         m = state.size
-        index, row = divmod(m, PANEL_ROWS)
-        take = min(k - done, PANEL_ROWS - row)
-        height = min(panel_height(row + take), state.dim - index * PANEL_ROWS)
+        index, start = 0, 0
+        while start + panel_height(start) <= m:
+            start += panel_height(start)
+            index += 1
+        height = min(panel_height(start), state.dim - start)
+        row = m - start
+        take = min(k - done, height - row)
         if index == len(state.panels):
             state.panels.append(x.new_empty(height, state.n))
-        elif state.panels[index].shape[0] < row + take:
+        elif state.panels[index].shape[0] < height:
             grown = x.new_empty(height, state.n)
             grown[:row] = state.panels[index][:row]
             state.panels[index] = grown
@@ -235,7 +240,7 @@ def check_product(x: Tensor, ax: Tensor) -> None:
 
 
 def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
-         drop_tol: Callable[[float, int], float]) -> Tensor:
+         drop_tol: Callable[[float, int], float]) -> None:
     """Multiply (the first ``width`` columns of) the pending block and extend the basis.
 
     One product of ``width`` columns does double duty: it fills column block j of
@@ -244,10 +249,9 @@ def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
     residual directions are dropped, from the largest product column norm seen
     (``extra["scale"]``) and the basis size.
 
-    Returns:
-        The product A X, shape (n, width), for callers that want it. Cost: ``width``
-        products and about 8 n m width flops (two Gram-Schmidt passes against the m basis
-        vectors, the first of which also fills B), plus O(n width^2) within the block.
+    Cost: ``width`` products and about 8 n m width flops (two Gram-Schmidt passes against the
+    m basis vectors, the first of which also fills B), plus O(n width^2) within the block.
+    Memory besides the basis: the product, its residual and the factorization's blocks.
     """
     x = state.pending[:, :width]
     ax = matmat(x)
@@ -281,21 +285,25 @@ def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
     nb[m:, :m] = c_old.mT
     nb[m:, m:] = 0.5 * (d + d.mT)
     state.projected = nb
-    # First Gram-Schmidt pass from the coefficients that just filled B.
-    w = ax - x @ d.to(ax.dtype)
+    # First Gram-Schmidt pass from the coefficients that just filled B (no copy of the
+    # product is kept: the coupling comes from the residual, equal to it on the next block).
+    w = torch.addmm(ax, x, d.to(ax.dtype), alpha=-1.0)
+    del ax
     start = 0
     for cols in old:
-        w.addmm_(cols, c_old[start:start + cols.shape[1]].to(ax.dtype), alpha=-1.0)
+        w.addmm_(cols, c_old[start:start + cols.shape[1]].to(w.dtype), alpha=-1.0)
         start += cols.shape[1]
     _append(state, x)
+    del x
+    state.pending = state.pending[:, :0]  # the block now lives in the basis
     orth = orthonormalize(w, state.columns, drop_tol=drop_tol(scale, state.size),
                           reduce=reduce, passes=0)
     state.pending = orth.block
     state.residual_norm = float(orth.norms[0]) if orth.norms.numel() else 0.0
     state.dropped_sq += orth.dropped_norm ** 2
-    state.coupling = inner(orth.block, ax, reduce, dtype=F64)
+    # X_next^T A X_last = X_next^T W: X_next is orthogonal to the basis that W was cleared of
+    state.coupling = inner(orth.block, w, reduce, dtype=F64)
     state.last_width = width
-    return ax
 
 
 def _fresh(state: KrylovState, k: int, generator: torch.Generator, reduce: Reduce,

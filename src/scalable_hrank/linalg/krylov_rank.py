@@ -274,9 +274,10 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     Returns:
         A :class:`KrylovRank`. With an exactly rank-r operator and separated nonzero
         eigenvalues: about ``r + b`` products for the basis plus ``certificate_steps``.
-        Memory (:func:`memory_bytes`): the basis in panels (m length-n vectors plus less than
-        one panel of unused room) and a workspace of about 6 blocks of the widest width
-        (product, residual, factorization), m the final basis size (about r + 2 b_max).
+        Memory (:func:`memory_bytes`): the basis in panels (m length-n vectors plus unused
+        room below m / 4 + 16 and below ``PANEL_ROWS``) and a workspace of about 6 blocks
+        of the widest width (product, residual, factorization), m the final basis size
+        (about r + 2 b_max).
         Budget exhausted: ``certified=False`` and ``rank`` is the certified lower bound.
 
     Raises:

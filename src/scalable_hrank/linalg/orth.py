@@ -204,7 +204,8 @@ def orthonormalize(w: Tensor, basis: Basis = None, *, drop_tol: float | None = N
         u, sv, _ = torch.linalg.svd(w, full_matrices=False)
         norms = sv.to(torch.float64)
         keep = norms > drop_tol
-        x = u[:, keep]
+        x = u if bool(keep.all()) else u[:, keep]
+        del u
     else:
         # Sharded rows: Gram rotations (a block Jacobi sweep, twice, so the directions of the
         # small singular values are clean), column norms measured directly.
@@ -247,10 +248,13 @@ def _second_pass(x: Tensor, basis: list[Tensor], reduce: Reduce,
     for _ in range(2):
         if x.shape[1] == 0:
             return x, lost_sq
-        x = project_out(x, basis, reduce, passes=1)
+        coeffs = [inner(p, x, reduce) for p in basis]
+        for p, c in zip(basis, coeffs, strict=True):
+            x.addmm_(p, c, alpha=-1.0)  # x is this module's own block: in place
         gram = inner(x, x, reduce, dtype=torch.float64)
         _, vecs = torch.linalg.eigh(0.5 * (gram + gram.mT))
         y = x @ vecs.to(x.dtype)
+        del x
         sq = (y.to(torch.float64) ** 2).sum(0)
         if reduce is not None:
             sq = reduce(sq)
@@ -260,7 +264,8 @@ def _second_pass(x: Tensor, basis: list[Tensor], reduce: Reduce,
             weights = (scales.to(vecs.device).unsqueeze(1) * vecs[:, ~keep]) ** 2
             lost_sq += float((norms[~keep] ** 2 * weights.sum(0)).sum())
             scales = torch.full((int(keep.sum()),), float(scales.max()), dtype=torch.float64)
-        x = y[:, keep] / norms[keep].to(x.dtype)
+        x = y.div_(norms.to(y.dtype)) if bool(keep.all()) else y[:, keep] / norms[keep].to(
+            y.dtype)
         if bool(keep.all()):
             # One clean pass after the first: orthonormal to working precision.
             return x, lost_sq
