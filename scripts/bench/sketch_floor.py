@@ -10,12 +10,14 @@ n = 100,736). One run measures, round-robin on the same threads:
   fully reorthogonalized basis cannot avoid, at this machine's GEMM rate;
 - ``estimate_rank(method="sketch")`` end to end, with a cProfile breakdown by part.
 
-The ratio ``sketch / floor`` is what the benchmark reports. Peak memory is the process's
+The ratio ``sketch / floor`` is what the benchmark reports, in wall time and in this process's
+CPU time (one thread, so CPU time is wall time minus the waits that other processes' load
+causes: on a shared machine the CPU-time ratio is the steadier one). Peak memory is the process's
 resident-set peak over the sketch run against the n x basis float64 array.
 
     python scripts/bench/sketch_floor.py --widths 750,64,64,10 --samples 8      # r = 2540
     python scripts/bench/sketch_floor.py --widths 1500,64,64,10 --samples 64    # r = 3000
-    python scripts/bench/sketch_floor.py --widths 4650,64,64,10 --samples 64 --no-profile
+    python scripts/bench/sketch_floor.py --widths 4650,64,64,10 --samples 64 --no-floor
     python scripts/bench/sketch_floor.py --quick                                # smoke, < 30 s
 """
 
@@ -78,6 +80,7 @@ class ProductClock:
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.cpu = 0.0
         self.columns = 0
         self._orig = CurvatureOperator.matmat
 
@@ -85,9 +88,10 @@ class ProductClock:
         clock, orig = self, self._orig
 
         def timed(op: CurvatureOperator, block: torch.Tensor) -> torch.Tensor:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = orig(op, block)
             clock.seconds += time.perf_counter() - t0
+            clock.cpu += time.process_time() - c0
             clock.columns += 1 if block.dim() == 1 else block.shape[1]
             return out
 
@@ -108,18 +112,18 @@ def problem(widths: list[int], samples: int, seed: int = 0):
     return model, (x, y)
 
 
-def cgs_pass(n: int, r: int, block: int = 64, seed: int = 0) -> float:
-    """Seconds of one block classical Gram-Schmidt pass of an n x r basis against itself."""
+def cgs_pass(n: int, r: int, block: int = 64, seed: int = 0) -> tuple[float, float]:
+    """Wall and CPU seconds of one block classical Gram-Schmidt pass of an n x r basis."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(r, n, generator=g, dtype=torch.float64).mT  # column-major, as the sketch
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for k in range(block, r, block):
         x = q[:, k:k + block]
         c = q[:, :k].mT @ x
         x.sub_(q[:, :k] @ c)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     del q
-    return seconds
+    return seconds, cpu
 
 
 def run_sketch(model, data, kind: str, block_size: int, profile: bool) -> dict:
@@ -127,15 +131,16 @@ def run_sketch(model, data, kind: str, block_size: int, profile: bool) -> dict:
     rss0 = rss_mb()
     prof = cProfile.Profile() if profile else None
     with ProductClock() as clock, RssPeak() as peak:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if prof is not None:
             prof.enable()
         res = hr.estimate_rank(model, "mse", data, kind, method="sketch", seed=0,
                                block_size=block_size)
         if prof is not None:
             prof.disable()
-        wall = time.perf_counter() - t0
-    row = {"rank": res.rank, "certified": res.certified, "matvecs": res.matvecs,
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    row = {"cpu_s": cpu, "products_cpu_s": clock.cpu, "rank": res.rank,
+           "certified": res.certified, "matvecs": res.matvecs,
            "basis_size": res.extra.get("basis_size"), "wall_s": wall,
            "products_s": clock.seconds, "product_columns": clock.columns,
            "result_seconds": res.seconds, "rss_before_mb": rss0,
@@ -159,6 +164,8 @@ def main() -> None:
     p.add_argument("--block-size", type=int, default=8, help="block_size passed to the sketch")
     p.add_argument("--floor-block", type=int, default=64, help="block of the CGS floor pass")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile breakdown")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the CGS floor passes (scale runs: wall and breakdown only)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--quick", action="store_true", help="smoke run ([200, 32, 32, 10], N = 4)")
     p.add_argument("--json", default=None, help="write results here")
@@ -175,22 +182,28 @@ def main() -> None:
     print(f"# widths {widths}, N = {samples}, n = {n:,}, predicted rank({a.kind}) = {pred}",
           flush=True)
     # round-robin: floor pass, sketch, floor pass (the floor's array is freed before the sketch)
-    floor_a = cgs_pass(n, pred, a.floor_block)
+    nan = (float("nan"), float("nan"))
+    floor_a = nan if a.no_floor else cgs_pass(n, pred, a.floor_block)
     sketch = run_sketch(model, data, a.kind, a.block_size, not a.no_profile)
-    floor_b = cgs_pass(n, pred, a.floor_block)
-    cgs = min(floor_a, floor_b)
+    floor_b = nan if a.no_floor else cgs_pass(n, pred, a.floor_block)
+    cgs, cgs_cpu = min(floor_a[0], floor_b[0]), min(floor_a[1], floor_b[1])
     floor = sketch["products_s"] + cgs
+    floor_cpu = sketch["products_cpu_s"] + cgs_cpu
     basis_mb = n * sketch["basis_size"] * 8 / 2**20
     out = {"n": n, "widths": widths, "samples": samples, "kind": a.kind, "predicted": pred,
            "cgs_pass_s": [floor_a, floor_b], "floor_s": floor,
-           "ratio": sketch["wall_s"] / floor, "basis_mb": basis_mb, "sketch": sketch,
+           "ratio": sketch["wall_s"] / floor, "floor_cpu_s": floor_cpu,
+           "ratio_cpu": sketch["cpu_s"] / floor_cpu, "basis_mb": basis_mb, "sketch": sketch,
            "machine": info, "argv": sys.argv}
     print(f"rank {sketch['rank']} (predicted {pred}), certified {sketch['certified']}, "
           f"{sketch['matvecs']} products, basis {sketch['basis_size']}", flush=True)
     print(f"sketch {sketch['wall_s']:.1f} s; floor {floor:.1f} s = products "
           f"{sketch['products_s']:.1f} s + CGS pass {cgs:.1f} s (block {a.floor_block}; "
-          f"{floor_a:.1f} s before, {floor_b:.1f} s after); ratio {out['ratio']:.2f}",
+          f"{floor_a[0]:.1f} s before, {floor_b[0]:.1f} s after); ratio {out['ratio']:.2f}",
           flush=True)
+    print(f"CPU time: sketch {sketch['cpu_s']:.1f} s; floor {floor_cpu:.1f} s = products "
+          f"{sketch['products_cpu_s']:.1f} s + CGS pass {cgs_cpu:.1f} s ({floor_a[1]:.1f} s "
+          f"before, {floor_b[1]:.1f} s after); ratio {out['ratio_cpu']:.2f}", flush=True)
     for label, secs in sketch.get("profile_s", {}).items():
         print(f"  {label:<58} {secs:8.1f} s {100 * secs / sketch['wall_s']:5.1f}%", flush=True)
     print(f"  {'products (timed inside the operator)':<58} {sketch['products_s']:8.1f} s "
