@@ -31,8 +31,8 @@ def small_panels(monkeypatch):
 @pytest.fixture
 def always_widen(monkeypatch):
     """Widen from 24 basis vectors on, whatever the size (the default waits for big bases)."""
-    monkeypatch.setattr(kr_module, "WIDEN_FROM", 24)
-    monkeypatch.setattr(kr_module, "WIDEN_ELEMENTS", 0)
+    monkeypatch.setattr(engine, "WIDEN_FROM", 24)
+    monkeypatch.setattr(engine, "WIDEN_ELEMENTS", 0)
 
 
 def _tol(state):
@@ -174,12 +174,12 @@ def test_widened_resume_is_bit_identical(always_widen, small_panels):
 
 
 def test_target_width_policy():
-    big = kr_module.WIDEN_ELEMENTS
-    assert kr_module.target_width(100, 10**6, 8, 64) == 8  # basis too small in vectors
-    assert kr_module.target_width(1000, 100, 8, 64) == 8  # basis fits in the caches
-    assert kr_module.target_width(300, big, 8, 64) == 32
-    assert kr_module.target_width(4000, big, 8, 64) == 64
-    assert kr_module.target_width(4000, big, 1, 1) == 1  # Lanczos stays single-vector
+    big = engine.WIDEN_ELEMENTS
+    assert engine.target_width(100, 10**6, 8, 64) == 8  # basis too small in vectors
+    assert engine.target_width(1000, 100, 8, 64) == 8  # basis fits in the caches
+    assert engine.target_width(300, big, 8, 64) == 32
+    assert engine.target_width(4000, big, 8, 64) == 64
+    assert engine.target_width(4000, big, 1, 1) == 1  # Lanczos stays single-vector
 
 
 def test_deflated_norm_one_pass_is_a_lower_bound_within_the_slack(small_panels):

@@ -36,6 +36,8 @@ from scalable_hrank.linalg.orth import inner, orthonormalize
 
 __all__ = [
     "PANEL_ROWS",
+    "WIDEN_ELEMENTS",
+    "WIDEN_FROM",
     "KrylovState",
     "asymmetry",
     "check_product",
@@ -45,6 +47,7 @@ __all__ = [
     "refill",
     "residual_bound",
     "step",
+    "target_width",
     "widen",
 ]
 
@@ -53,6 +56,27 @@ F64 = torch.float64
 #: matrix speed, small enough that the unused tail of the last panel stays a few percent of a
 #: basis in the thousands.
 PANEL_ROWS = 256
+
+
+#: Basis size from which blocks are widened (``max_block_size`` of the rank solver).
+WIDEN_FROM = 256
+#: Basis elements (n m) from which blocks are widened: below it the basis stays in the CPU's
+#: caches, thin blocks are not memory-bound, and widening would only cost products.
+WIDEN_ELEMENTS = 1 << 24
+
+
+def target_width(m: int, n: int, block_size: int, max_block_size: int) -> int:
+    """Pending-block width the rank solver aims for at basis size m (vectors of length n).
+
+    ``block_size`` until the basis holds :data:`WIDEN_FROM` vectors and
+    :data:`WIDEN_ELEMENTS` numbers, then ``m / 8`` rounded down to a multiple of
+    ``block_size``, between ``block_size`` and ``max_block_size``. The widening adds at most
+    about one widest block of products in all, and lets each pass over the basis (which no
+    longer fits in the caches) run at matrix-matrix speed.
+    """
+    if m < WIDEN_FROM or m * n < WIDEN_ELEMENTS or max_block_size <= block_size:
+        return block_size
+    return min(max_block_size, max(block_size, (m // 8) // block_size * block_size))
 
 
 @dataclass

@@ -76,27 +76,6 @@ class KrylovRank:
 #: Ritz values are recomputed (an (m, m) eigvalsh, O(m^3)) once the basis grew by this fraction
 #: since the last time, and at every block once the residual nears the threshold.
 RITZ_GROWTH = 0.25
-#: Basis size from which blocks are widened (see ``max_block_size`` of :func:`krylov_rank`).
-WIDEN_FROM = 256
-#: Basis elements (n m) from which blocks are widened: below it the basis stays in the CPU's
-#: caches, thin blocks are not memory-bound, and widening would only cost products.
-WIDEN_ELEMENTS = 1 << 24
-
-
-def target_width(m: int, n: int, block_size: int, max_block_size: int) -> int:
-    """Pending-block width the rank solver aims for at basis size m (vectors of length n).
-
-    ``block_size`` until the basis holds :data:`WIDEN_FROM` vectors and
-    :data:`WIDEN_ELEMENTS` numbers, then ``m / 8`` rounded down to a multiple of
-    ``block_size``, between ``block_size`` and ``max_block_size``. The widening adds at most
-    about one widest block of products in all, and lets each pass over the basis (which no
-    longer fits in the caches) run at matrix-matrix speed.
-    """
-    if m < WIDEN_FROM or m * n < WIDEN_ELEMENTS or max_block_size <= block_size:
-        return block_size
-    return min(max_block_size, max(block_size, (m // 8) // block_size * block_size))
-
-
 #: Blocks of the widest width alive at once in a step besides the basis: the pending block,
 #: the product (and the operator's column-major copy of its input), the residual, its
 #: factorization and the second pass's rotated copy.
@@ -108,7 +87,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     """Bytes :func:`krylov_rank` holds at its peak for a rank-``rank`` operator of size n.
 
     The basis of about ``rank + 2 b_last + b`` vectors (b_last the final block width, from
-    :func:`target_width`) as its storage panels allocate it, plus
+    :func:`~.block_krylov.target_width`) as its storage panels allocate it, plus
     :data:`WORKSPACE_BLOCKS` blocks of width b_last, plus the float64 projected matrix and
     its eigenvalue workspace (3 m^2 numbers). Not counted: the operator's own memory.
 
@@ -121,7 +100,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     """
     if max_block_size is None:
         max_block_size = 1 if block_size == 1 else max(block_size, 64)
-    wide = target_width(min(n, rank), n, block_size, max_block_size)
+    wide = _engine.target_width(min(n, rank), n, block_size, max_block_size)
     m = min(n, rank + 2 * wide + block_size)
     basis = _engine.allocated_vectors(m, n) * n * itemsize
     return basis + WORKSPACE_BLOCKS * wide * n * itemsize + 3 * m * m * 8
@@ -246,7 +225,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             neither is given: ``n * eps(float64)`` for float64, ``max(that, 1e-6)`` otherwise.
         block_size: Block width b (batch of products per call).
         max_block_size: Widest block the run grows to. Once the basis is large (see
-            :func:`target_width`), the pending block is topped up with fresh random
+            :func:`~.block_krylov.target_width`), the pending block is topped up with fresh random
             directions (orthogonal to the basis) to ``m / 8`` columns, up to this width, so
             that the orthogonalization, which dominates at ranks in the thousands, runs as
             matrix-matrix products; each added column costs one product. Only a block that
@@ -350,7 +329,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             theta, used = 0.0, 0
         else:
             starts, steps = 1, certificate_steps
-            if batch_certificate and state.size * n >= WIDEN_ELEMENTS:
+            if batch_certificate and state.size * n >= _engine.WIDEN_ELEMENTS:
                 # a basis beyond the caches: fewer, batched steps read it fewer times
                 batched = certificate_steps_for(n, CERTIFICATE_FAILURE ** (1 / CERT_STARTS))
                 if state.num_matvecs + CERT_STARTS * batched <= max_matvecs:
@@ -369,7 +348,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         return ok
 
     while state.phase == "grow":
-        target = target_width(state.size, n, block_size, max_block_size)
+        target = _engine.target_width(state.size, n, block_size, max_block_size)
         if state.pending.shape[1] == state.last_width < target:
             _engine.widen(state, target, generator, reduce, device)
         width = state.pending.shape[1]
