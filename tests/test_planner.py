@@ -47,10 +47,8 @@ def test_auto_picks_sketch_then_density():
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=400 * MiB,
              activation_bytes=MiB)
     assert p.method == "sketch" and p.block_size == 8
-    # Room: 400 MiB - 10 MiB activations - model - 6 blocks of 8 in flight (192 MB) leaves
-    # about 52 basis vectors of 4 MB: a basis of r + 2 * 8 + 8 vectors in panels with 25%
-    # room -> a rank of about 14.
-    assert 10 <= p.max_rank <= 20
+    # Room: 400 MiB - 10 MiB activations - model - 2 blocks of 8 -> about 80 basis vectors.
+    assert 60 <= p.max_rank <= 80
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=400 * MiB,
              activation_bytes=MiB, expected_rank=500)
     assert p.method == "density" and p.storage_bytes == 3 * 8 * n * 4

@@ -15,8 +15,7 @@ Before any product is taken, :func:`plan` adds up
   method    storage                                                         products
   ========  ==============================================================  ===========
   exact     dense H in float64 plus one symmetrised copy: 2 * 8 n^2        n
-  sketch    Krylov basis ~ (r + 2k') n in panels, 6 blocks k' n in flight   ~ r + 2k + 40
-            (k' the widened block; linalg.krylov_rank.memory_bytes)
+  sketch    block Krylov basis (r + 3k) n plus 2 blocks in flight: 2 k n    ~ r + 2k + 40
   lanczos   Lanczos basis m n (full reorthogonalisation), m = r + 3k
   density   SLQ: 3 n per probe plus the deflation basis d n                 probes x steps
   ========  ==============================================================  ===========
@@ -45,7 +44,6 @@ import torch
 from torch import nn
 
 from .errors import HRankError
-from .linalg.krylov_rank import memory_bytes as krylov_memory_bytes
 
 __all__ = ["Plan", "PlanError", "plan", "available_memory", "measure_activation_bytes",
            "product_dtype", "tf32_disabled", "METHODS", "format_bytes"]
@@ -278,23 +276,9 @@ def _storage(method: str, n: int, nbytes: int, k: int, rank_cap: int, probes: in
              deflation: int) -> int:
     if method == "exact":
         return 2 * 8 * n * n
-    if method == "sketch":
-        return krylov_memory_bytes(n, rank_cap, k, nbytes)
-    if method == "lanczos":
+    if method in ("sketch", "lanczos"):
         return (min(n, rank_cap + 3 * k) + 2 * k) * n * nbytes
     return (3 * probes + deflation) * n * nbytes
-
-
-def _largest_rank(n: int, k: int, nbytes: int, room: int) -> int:
-    """Largest rank whose sketch (basis and workspace) fits in ``room`` bytes (bisection)."""
-    lo, hi = 1, n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if krylov_memory_bytes(n, mid, k, nbytes) <= room:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: str = "auto",
@@ -392,16 +376,7 @@ def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: s
         while ks[-1] > 1:
             ks.append(max(1, ks[-1] // 2))
         for k in ks if m != "density" else [min(block_size, probes)]:
-            if m == "sketch":
-                room = available - model_bytes - A * (2 + k)
-                need = rank_cap if expected_rank is not None else 1
-                if krylov_memory_bytes(n, need, k, nbytes) > room:
-                    continue
-                max_rank = _largest_rank(n, k, nbytes, room)
-                cap = rank_cap if expected_rank is not None else max_rank
-                products = None if expected_rank is None else min(n, rank_cap + 2 * k + 40)
-                return make(m, k, cap, max_rank, products)
-            if m == "lanczos":
+            if m in ("sketch", "lanczos"):
                 # Columns of the basis that fit next to the model, activations and 2 blocks.
                 room = available - model_bytes - A * (2 + k) - 2 * k * n * nbytes
                 m_max = min(n, room // (n * nbytes)) if room > 0 else 0
