@@ -8,7 +8,8 @@ residual and C = (I - QQ^T) A (I - QQ^T) the deflated operator. ``A - diag(B, 0)
 ``<= ||R|| + ||C|| =: e``, so by Weyl every eigenvalue of A lies within e of the sorted
 eigenvalues of diag(B, 0) (the Ritz values and n - m zeros). If ``e < tau`` and no Ritz value
 has ``|theta|`` in ``[tau - e, tau + e]``, the count is exact. ``||C||`` is estimated by
-Lanczos from a fresh random start, inflated by ``1 / (1 - eps)``, eps = 0.25.
+Lanczos from fresh random starts (one, or a few batched once the basis is large), inflated by
+``1 / (1 - eps)``, eps = 0.25.
 """
 
 from __future__ import annotations
