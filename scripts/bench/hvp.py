@@ -19,6 +19,9 @@ Paths, timed round-robin in one run (scripts/bench/common.py: min and median of 
 * ours_nocache: the same operator with ``cache=False`` (forward + backward per product).
 * pyhessian:   ``pyhessian.hessian(model, criterion, dataloader=data, cuda=...)``
                ``.dataloader_hv_product(v)`` (forward, backward(create_graph), grad per batch).
+* curvlinops:  ``curvlinops.HessianLinearOperator(model, criterion, params, data) @ v`` (and
+               the block, per product), when curvlinops is installed; otherwise skipped with a
+               note (its wheel pins its own torch, so it is not a dependency here).
 
 Peak memory: each path runs in a fresh subprocess; CPU: peak RSS (VmHWM, reset through
 /proc/self/clear_refs after model, data and vectors are in place, else ru_maxrss delta) minus
@@ -57,7 +60,7 @@ from scalable_hrank.operators.losses import resolve_loss  # noqa: E402
 warnings.filterwarnings("ignore", message=".*create_graph=True.*")
 
 PATHS = ("grad", "ours", "ours_singles", "ours_block", "ours_vmap_block", "ours_nocache",
-         "pyhessian")
+         "pyhessian", "curvlinops", "curvlinops_block")
 
 
 # -- models --------------------------------------------------------------------------------
@@ -168,7 +171,34 @@ def make_paths(m: dict[str, Any], device: str, block: int, which: tuple[str, ...
                                             params, strict=True)]
         objs["ph"], objs["ph_v"] = ph, vs
         fns["pyhessian"] = lambda: ph.dataloader_hv_product(vs)
+    if "curvlinops" in which or "curvlinops_block" in which:
+        cl = curvlinops_operator(m)
+        if cl is not None:
+            vn = v.detach().cpu().numpy()
+            if "curvlinops" in which:
+                fns["curvlinops"] = lambda: cl @ vn
+            if "curvlinops_block" in which:
+                vbn = objs.get("V", torch.randn(n, block, generator=g)).detach().cpu().numpy()
+                fns["curvlinops_block"] = lambda: cl @ vbn
     return fns, objs
+
+
+def curvlinops_available() -> bool:
+    try:
+        import curvlinops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def curvlinops_operator(m: dict[str, Any]) -> Any:
+    """curvlinops' HessianLinearOperator on the same model, criterion and batches (or None)."""
+    if not curvlinops_available():
+        return None
+    from curvlinops import HessianLinearOperator
+
+    params = [p for p in m["ph_model"].parameters() if p.requires_grad]
+    return HessianLinearOperator(m["ph_model"], m["loss_fn"], params, m["ph_data"])
 
 
 def pyhessian_operator(m: dict[str, Any], device: str) -> Any:
@@ -256,6 +286,10 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
     block = a.block if name == "mlp" else a.minilm_block
     m = build(name, a.device, a.batches, a.quick)
     which = tuple(p for p in PATHS if not (p == "pyhessian" and a.no_pyhessian))
+    if not curvlinops_available():
+        print("# curvlinops: not installed, skipped (its wheel would pull its own torch; "
+              "install it in a separate environment to compare)", flush=True)
+        which = tuple(p for p in which if not p.startswith("curvlinops"))
     subs = tuple(int(k) for k in a.sub_blocks.split(",") if k) if name == "mlp" else ()
     fns, objs = make_paths(m, a.device, block, which, sub_blocks=subs)
     res: dict[str, Any] = {"model": name, "desc": m["desc"], "params": objs["n"],
@@ -266,7 +300,8 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
         reps = a.reps if name == "mlp" else max(2, a.reps - 2)
         t = interleaved(fns, reps=reps, device=a.device)
         for key in list(t):
-            if key.startswith("ours_block") or key in ("ours_vmap_block", "ours_singles"):
+            if key.startswith("ours_block") or key in ("ours_vmap_block", "ours_singles",
+                                                        "curvlinops_block"):
                 k = (int(key[len("ours_block"):] or block) if key.startswith("ours_block")
                      else block)
                 t[key] = {s: (x / k if s != "reps" else x) for s, x in t[key].items()}
@@ -275,7 +310,7 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
     torch.set_num_threads(default_threads())
     if not a.no_memory:
         mem = {}
-        for path in (w for w in which if w != "ours_singles"):  # its memory is "ours"
+        for path in (w for w in which if w not in ("ours_singles", "curvlinops_block")):
             args = ["--child", path, "--models", name, "--device", a.device,
                     "--batches", str(a.batches), "--block", str(block)]
             if a.quick:
@@ -309,6 +344,11 @@ def report(name: str, th: int, t: dict[str, dict[str, float]], block: int) -> No
               f"{t['ours_vmap_block']['min'] / t['ours_singles']['min']:.2f}")
     if "pyhessian" in t:
         print(f"  pyhessian/ours: {t['pyhessian']['min'] / o:.2f}x")
+    if "curvlinops" in t:
+        print(f"  curvlinops/ours: {t['curvlinops']['min'] / o:.2f}x")
+    if "curvlinops_block" in t:
+        print(f"  curvlinops_block/ours_block: "
+              f"{t['curvlinops_block']['min'] / t['ours_block']['min']:.2f}x")
     sys.stdout.flush()
 
 

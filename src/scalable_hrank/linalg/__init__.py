@@ -4,8 +4,8 @@ Pure linear algebra: nothing here knows about networks, operators or processes b
 ``reduce`` callable that sums small inner-product tensors when a basis is sharded by rows.
 """
 
-from scalable_hrank.linalg._block import KrylovState
 from scalable_hrank.linalg._types import MatMat, Reduce
+from scalable_hrank.linalg.block_krylov import KrylovState
 from scalable_hrank.linalg.counting import DensityRank, rademacher, smooth_step, steps_for_kappa
 from scalable_hrank.linalg.eigen import EigenPairs, SpectralNorm, eigenpairs, spectral_norm
 from scalable_hrank.linalg.krylov_rank import KrylovRank, deflated_norm, krylov_rank

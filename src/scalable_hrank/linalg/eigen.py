@@ -10,7 +10,7 @@ from torch import Tensor
 
 from scalable_hrank._validation import check_choice, check_positive_int, check_tolerance
 from scalable_hrank.errors import NotConvergedError
-from scalable_hrank.linalg import _block
+from scalable_hrank.linalg import block_krylov as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.lanczos import lanczos, ritz_pairs
 
@@ -106,8 +106,8 @@ def eigenpairs(matmat: MatMat, n: int, k: int, *, which: str = "LA", tol: float 
     max_matvecs = n if max_matvecs is None else max_matvecs
     check_positive_int("max_matvecs", max_matvecs)
     eps = torch.finfo(dtype).eps
-    start = _block.draw(n, min(block_size, n), generator, dtype, device)
-    state = _block.init_state(n, block_size, start, generator, reduce)
+    start = _engine.draw(n, min(block_size, n), generator, dtype, device)
+    state = _engine.init_state(n, block_size, start, generator, reduce)
 
     def drop_tol(scale: float, m: int) -> float:
         return 16.0 * math.sqrt(m + 1) * eps * scale
@@ -117,12 +117,12 @@ def eigenpairs(matmat: MatMat, n: int, k: int, *, which: str = "LA", tol: float 
         width = min(state.pending.shape[1], max_matvecs - state.num_matvecs, n - state.size)
         if width <= 0:
             break
-        _block.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
+        _engine.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
         pairs = _pairs(state, k, which, tol)
         if pairs.converged or state.size >= n:
             return pairs
         if state.pending.shape[1] == 0:
-            _block.refill(state, generator, reduce, device)
+            _engine.refill(state, generator, reduce, device)
     if pairs is None:
         msg = "eigenpairs: no product could be taken"
         raise NotConvergedError(msg)
@@ -131,7 +131,7 @@ def eigenpairs(matmat: MatMat, n: int, k: int, *, which: str = "LA", tol: float 
     raise NotConvergedError(msg, partial=pairs)
 
 
-def _pairs(state: _block.KrylovState, k: int, which: str, tol: float) -> EigenPairs:
+def _pairs(state: _engine.KrylovState, k: int, which: str, tol: float) -> EigenPairs:
     vals, vecs = torch.linalg.eigh(state.projected)
     if state.size >= state.n:
         res = torch.zeros_like(vals)
@@ -145,7 +145,7 @@ def _pairs(state: _block.KrylovState, k: int, which: str, tol: float) -> EigenPa
     sel_vals, sel_vecs, sel_res = vals[idx], vecs[:, idx], res[idx]
     scale = float(vals.abs().max()) if vals.numel() else 0.0
     converged = vals.numel() >= k and bool((sel_res <= tol * scale).all())
-    vectors = state.basis @ sel_vecs.to(dtype=state.dtype)
+    vectors = state.combine(sel_vecs)
     return EigenPairs(values=sel_vals.cpu(), vectors=vectors, residual_norms=sel_res.cpu(),
                       num_matvecs=state.num_matvecs, converged=converged)
 
@@ -170,7 +170,7 @@ def spectral_norm(matmat: MatMat, n: int, *, num_matvecs: int = 30,
     """
     check_positive_int("n", n)
     check_positive_int("num_matvecs", num_matvecs)
-    v0 = _block.draw(n, 1, generator, dtype, device)
+    v0 = _engine.draw(n, 1, generator, dtype, device)
     dec = lanczos(matmat, v0, num_matvecs=min(num_matvecs, n), reduce=reduce)
     rp = ritz_pairs(dec)
     i = int(torch.argmax(rp.values.abs()))

@@ -1,13 +1,15 @@
 """Certified numerical rank by adaptive randomized block Krylov and Rayleigh-Ritz counting.
 
-Algorithm (shared/notes/algos.md sections 0 and 1.3): grow a block Krylov basis Q from a
+The estimator on top of the block Krylov decomposition (:mod:`.block_krylov`; the guarantees
+are stated in docs/theory.md#estimator-guarantees): grow a block Krylov basis Q from a
 Gaussian start block with full reorthogonalization; count the Ritz values of B = Q^T A Q with
 ``|theta| > tau``. In the basis [Q, Q_perp], ``A = [[B, R^T], [R, C]]`` with R the Krylov
 residual and C = (I - QQ^T) A (I - QQ^T) the deflated operator. ``A - diag(B, 0)`` has norm
 ``<= ||R|| + ||C|| =: e``, so by Weyl every eigenvalue of A lies within e of the sorted
 eigenvalues of diag(B, 0) (the Ritz values and n - m zeros). If ``e < tau`` and no Ritz value
 has ``|theta|`` in ``[tau - e, tau + e]``, the count is exact. ``||C||`` is estimated by
-Lanczos from a fresh random start, inflated by ``1 / (1 - eps)``, eps = 0.25.
+Lanczos from fresh random starts (one, or a few batched once the basis is large), inflated by
+``1 / (1 - eps)``, eps = 0.25.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int, check_tolerance
-from scalable_hrank.linalg import _block
-from scalable_hrank.linalg._block import KrylovState
+from scalable_hrank.linalg import block_krylov as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
-from scalable_hrank.linalg.orth import inner, project_out
+from scalable_hrank.linalg.block_krylov import KrylovState
+from scalable_hrank.linalg.lanczos import largest_ritz_magnitudes
+from scalable_hrank.linalg.orth import Basis, inner, panels_of, project_out
 from scalable_hrank.threshold import default_rtol
 
 __all__ = ["KrylovRank", "KrylovState", "deflated_norm", "krylov_rank"]
@@ -72,7 +75,48 @@ class KrylovRank:
     num_matvecs: int
 
 
-def certificate_steps_for(n: int, failure_probability: float = 1e-10) -> int:
+#: Ritz values are recomputed (an (m, m) eigvalsh, O(m^3)) once the basis grew by this fraction
+#: since the last time, and at every block once the residual nears the threshold.
+RITZ_GROWTH = 0.5
+#: Blocks of the widest width alive at once in a step besides the basis: the pending block,
+#: the product (and the operator's column-major copy of its input), the residual, its
+#: factorization and the second pass's rotated copy.
+WORKSPACE_BLOCKS = 6
+
+
+def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
+                 max_block_size: int | None = None) -> int:
+    """Bytes :func:`krylov_rank` holds at its peak for a rank-``rank`` operator of size n.
+
+    The basis of about ``rank + 2 b_last + b`` vectors (b_last the final block width, from
+    :func:`~.block_krylov.target_width`) as its storage panels allocate it, plus
+    :data:`WORKSPACE_BLOCKS` blocks of width b_last, plus the float64 projected matrix and
+    its eigenvalue workspace (3 m^2 numbers). Not counted: the operator's own memory.
+
+    Args:
+        n: Operator size.
+        rank: Expected rank r (the basis holds about r plus two blocks).
+        block_size: The ``block_size`` passed to :func:`krylov_rank`.
+        itemsize: Bytes per number of the basis dtype (8 for float64).
+        max_block_size: As for :func:`krylov_rank` (default the same default).
+    """
+    if max_block_size is None:
+        max_block_size = 1 if block_size == 1 else max(block_size, 64)
+    wide = _engine.target_width(min(n, rank), n, block_size, max_block_size)
+    m = min(n, rank + 2 * wide + block_size)
+    basis = _engine.allocated_vectors(m, n) * n * itemsize
+    return basis + WORKSPACE_BLOCKS * wide * n * itemsize + 3 * m * m * 8
+
+
+#: Failure probability of the default certificate (all its Lanczos runs short of (1 - eps)).
+CERTIFICATE_FAILURE = 1e-10
+#: Independent certificate runs batched together once the basis outgrows the caches (each
+#: step then reads the basis once for all of them): 4 runs of 13 steps at n = 5e4 instead of
+#: one of 30, for the same failure probability, in 2.3x fewer passes over the basis.
+CERT_STARTS = 4
+
+
+def certificate_steps_for(n: int, failure_probability: float = CERTIFICATE_FAILURE) -> int:
     """Lanczos steps k with ``1.648 sqrt(n) exp(-sqrt(KW_EPS) (2k - 1)) <= failure_probability``.
 
     The Kuczynski-Wozniakowski (1992) bound for a PSD operator and a Gaussian start: with
@@ -82,79 +126,81 @@ def certificate_steps_for(n: int, failure_probability: float = 1e-10) -> int:
     return max(1, math.ceil(k))
 
 
-def deflated_norm(matmat: MatMat, basis: Tensor, *, num_matvecs: int,
+def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
                   generator: torch.Generator, reduce: Reduce = None,
-                  stop_tol: float = 0.0,
+                  stop_tol: float = 0.0, num_starts: int = 1,
                   shard: tuple[int, int] | None = None) -> tuple[float, int]:
-    """Lanczos estimate of ``||C||``, C = (I - QQ^T) A (I - QQ^T), from a random start.
+    """Lanczos estimate of ``||C||``, C = (I - QQ^T) A (I - QQ^T), from random starts.
 
-    Three-term recurrence (no stored basis: ghosts do not change the largest ``|Ritz|``), each
-    product projected out of Q twice; on an exact breakdown (``beta <= stop_tol``, e.g. C = 0)
-    it stops: from a Gaussian start the Krylov space then holds every distinct eigenvalue of
-    C (almost surely), so the estimate is exact.
-    The estimate is a lower bound on ``||C||`` up to rounding; by Kuczynski and Wozniakowski
-    (1992), for PSD C and a Gaussian start,
-    ``P(theta_k < (1 - eps) ||C||) <= 1.648 sqrt(n) exp(-sqrt(eps) (2k - 1))``; with k = 40
-    and eps = 0.25 that is ``<= 1.2e-17 sqrt(n)`` (4e-13 at n = 1e9). For indefinite C it is
-    applied as a heuristic.
+    ``num_starts`` independent three-term Lanczos runs on the deflated operator
+    (:func:`~scalable_hrank.linalg.lanczos.largest_ritz_magnitudes`, batched: each step reads
+    the basis once for all runs); the estimate is the largest ``|Ritz value|`` over the runs.
+    In float64 each product is projected out of Q once (classical Gram-Schmidt; twice in
+    lower precision): what one pass
+    leaves along Q is rounding, delta of about eps ||A v||; the next product maps it to
+    ``Q B delta + R delta``, whose Q part the next projection removes again, so the deflated
+    iteration is perturbed only by ``||R|| delta``, far below the threshold (R the Krylov
+    residual, itself below tau / 2 when the certificate runs). A second pass per product
+    would double the passes over the basis, which dominate the certificate's cost. A run
+    stops on an exact breakdown (``beta <= stop_tol``, e.g. C = 0): from a
+    Gaussian start its Krylov space then holds every distinct eigenvalue of C (almost surely),
+    so its estimate is exact. The estimate is a lower bound on ``||C||`` up to rounding; by
+    Kuczynski and Wozniakowski (1992), for PSD C and a Gaussian start, one k-step run has
+    ``P(theta_k < (1 - eps) ||C||) <= 1.648 sqrt(n) exp(-sqrt(eps) (2k - 1))`` (eps = 0.25);
+    s independent runs all fall short with at most that probability to the power s
+    (:func:`certificate_steps_for` picks k). For indefinite C it is applied as a heuristic.
 
     Args:
         matmat: The operator.
-        basis: Q, shape (n, m), orthonormal.
-        num_matvecs: Lanczos steps k (products of one column).
-        generator: CPU generator for the start vector.
+        basis: Q, shape (n, m) orthonormal, or a non-empty sequence of (n, m_i) column panels.
+        num_matvecs: Lanczos steps k per run (products of one column); capped at n - m.
+        generator: CPU generator for the start vectors.
         reduce: Sums inner products over processes.
-        stop_tol: Stop when a Lanczos coefficient falls to it (default: exact zero only;
-            a run on rounding noise is harmless, a premature stop is not).
+        stop_tol: A run stops when its Lanczos coefficient falls to it (default: exact zero
+            only; a run on rounding noise is harmless, a premature stop is not).
+        num_starts: Independent runs s.
         shard: ``(offset, global length)`` of this process's rows (sharded vectors).
 
     Returns:
-        ``(theta, products)``: the largest ``|Ritz value|`` of C and the products spent.
-        Memory: 4 length-n vectors besides Q.
+        ``(theta, products)``: the largest ``|Ritz value|`` and the products spent (at most
+        s k). Cost: one projection (4 n m s flops) per step in float64, two otherwise;
+        memory 5 blocks of (n, s) besides Q.
     """
-    # An exact breakdown from a Gaussian start means (almost surely) that the Krylov space
-    # holds every distinct eigenvalue of C, so the estimate is then exact: no restart.
-    return _lanczos_run(matmat, basis, num_matvecs, generator, reduce, stop_tol, shard)
-
-
-def _lanczos_run(matmat: MatMat, basis: Tensor, steps: int, generator: torch.Generator,
-                 reduce: Reduce, stop_tol: float,
-                 shard: tuple[int, int] | None) -> tuple[float, int]:
-    """One three-term Lanczos run on the deflated operator; stops on breakdown."""
-    n = basis.shape[0]
-    v = _block.draw(n, 1, generator, basis.dtype, basis.device, shard)
-    v = project_out(v, basis, reduce, passes=2)
-    nrm = math.sqrt(float(inner(v, v, reduce, dtype=F64)))
-    if nrm == 0.0:
+    check_positive_int("num_starts", num_starts)
+    panels = panels_of(basis)
+    n = basis.shape[0] if isinstance(basis, Tensor) else panels[0].shape[0]
+    steps = num_matvecs
+    if reduce is None or shard is not None:  # the dimension is known: cap at C's
+        m = sum(p.shape[1] for p in panels)
+        steps = min(steps, (shard[1] if shard is not None else n) - m)
+    if steps <= 0:
         return 0.0, 0
-    v = v / nrm
-    prev = torch.zeros_like(v)
-    beta = 0.0
-    alphas: list[float] = []
-    betas: list[float] = []
-    for _ in range(steps):
-        w = matmat(v)
-        _block.check_product(v, w)
-        w = project_out(w, basis, reduce, passes=2)
-        alpha = float(inner(v, w, reduce, dtype=F64))
-        w = w - alpha * v - beta * prev
-        w = w - float(inner(v, w, reduce, dtype=F64)) * v
-        alphas.append(alpha)
-        beta = math.sqrt(max(float(inner(w, w, reduce, dtype=F64)), 0.0))
-        if beta <= stop_tol:
-            break
-        betas.append(beta)
-        prev, v = v, w / beta
-    k = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=F64))
-    if k > 1:
-        off = torch.tensor(betas[: k - 1], dtype=F64)
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
-    return float(torch.linalg.eigvalsh(t).abs().max()), k
+    dtype = panels[0].dtype if panels else basis.dtype
+    device = panels[0].device if panels else basis.device
+    v = _engine.draw(n, num_starts, generator, dtype, device, shard)
+    v = project_out(v, panels, reduce, passes=2)
+    sq = inner(v, v, reduce, dtype=F64).diagonal()
+    v = v[:, sq > 0]
+    if v.shape[1] == 0:
+        return 0.0, 0
+
+    # float64: one pass (see above); lower precision: the leak, eps sqrt(m) ||A v|| per step,
+    # comes within reach of the threshold (tau >= 1e-6 sigma), so project twice
+    passes = 1 if dtype == torch.float64 else 2
+
+    def deflated(x: Tensor) -> Tensor:
+        ax = matmat(x)
+        _engine.check_product(x, ax)
+        return project_out(ax, panels, reduce, passes=passes)
+
+    theta, used = largest_ritz_magnitudes(deflated, v, num_matvecs=steps, reduce=reduce,
+                                          breakdown_tol=stop_tol)
+    return float(theta.max()), used
 
 
 def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float | None = None,
-                block_size: int = 8, max_matvecs: int | None = None,
+                block_size: int = 8, max_block_size: int | None = None,
+                max_matvecs: int | None = None,
                 certificate_steps: int | None = None, generator: torch.Generator,
                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                 reduce: Reduce = None, state: KrylovState | None = None,
@@ -168,7 +214,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     below the threshold, a certificate is attempted: ``e = ||R|| + theta_C / (1 - 0.25)`` with
     ``theta_C`` a ``certificate_steps``-step Lanczos estimate of the deflated operator's norm
     (:func:`deflated_norm`; failure probability ``<= 1.648 sqrt(n) exp(-0.5 (2k - 1))``, i.e.
-    ``1.2e-17 sqrt(n)`` for k = 40, rigorous for PSD operators, heuristic for indefinite). If
+    at most 1e-10 with the default k, rigorous for PSD operators, heuristic for indefinite). If
     ``e < tau`` and no ``|theta|`` lies in ``[tau - e, tau + e]`` the count is exact by Weyl. A
     failed certificate means more growth and a later retry; an invariant (empty) block is
     continued with fresh random directions (multiplicities larger than the block size).
@@ -180,9 +226,20 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         rtol: Relative threshold: tau = rtol * (largest ``|theta|`` so far). Default when
             neither is given: :func:`scalable_hrank.threshold.default_rtol` of ``dtype``.
         block_size: Block width b (batch of products per call).
+        max_block_size: Widest block the run grows to. Once the basis is large (see
+            :func:`~.block_krylov.target_width`), the pending block is topped up with fresh random
+            directions (orthogonal to the basis) to ``m / 8`` columns, up to this width, so
+            that the orthogonalization, which dominates at ranks in the thousands, runs as
+            matrix-matrix products; each added column costs one product. Only a block that
+            lost no direction in its last step is widened. Default ``max(b, 64)``, and 1
+            (plain Lanczos, never widened) when ``block_size`` is 1.
         max_matvecs: Product budget, certificate included. Default ``n + certificate_steps``.
-        certificate_steps: Lanczos steps of the certificate. Default
-            :func:`certificate_steps_for` (n): failure probability <= 1e-10.
+        certificate_steps: Lanczos steps of the certificate (one run). Default
+            :func:`certificate_steps_for` (n): failure probability <= 1e-10; with the default,
+            once the basis is large (as for widening), :data:`CERT_STARTS` independent runs of
+            ``certificate_steps_for(n, 1e-10 ** (1 / CERT_STARTS))`` steps are batched
+            instead (same failure probability, more products, fewer passes over the basis),
+            when the budget allows.
         generator: CPU ``torch.Generator``; all randomness comes from it.
         dtype: Basis / product dtype.
         device: Where the basis lives (the operator's device).
@@ -198,7 +255,10 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     Returns:
         A :class:`KrylovRank`. With an exactly rank-r operator and separated nonzero
         eigenvalues: about ``r + b`` products for the basis plus ``certificate_steps``.
-        Memory: ``(m + 3 b + 4)`` length-n vectors, m the final basis size (about r + b).
+        Memory (:func:`memory_bytes`): the basis in panels (m length-n vectors plus unused
+        room below m / 4 + 16 and below ``PANEL_ROWS``) and a workspace of about 6 blocks
+        of the widest width (product, residual, factorization), m the final basis size
+        (about r + 2 b_max).
         Budget exhausted: ``certified=False`` and ``rank`` is the certified lower bound.
 
     Raises:
@@ -208,6 +268,10 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     check_positive_int("n", n)
     n_local, n = n, (shard[1] if shard is not None else n)
     check_positive_int("block_size", block_size)
+    if max_block_size is None:
+        max_block_size = 1 if block_size == 1 else max(block_size, 64)
+    check_positive_int("max_block_size", max_block_size)
+    batch_certificate = certificate_steps is None
     if certificate_steps is None:
         certificate_steps = certificate_steps_for(n)
     check_positive_int("certificate_steps", certificate_steps, minimum=0)
@@ -224,8 +288,8 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     eps = torch.finfo(dtype).eps
 
     if state is None:
-        start = _block.draw(n_local, min(block_size, n), generator, dtype, device, shard)
-        state = _block.init_state(n_local, block_size, start, generator, reduce, shard)
+        start = _engine.draw(n_local, min(block_size, n), generator, dtype, device, shard)
+        state = _engine.init_state(n_local, block_size, start, generator, reduce, shard)
         state.extra.update(sigma=0.0, ritz=None, ritz_size=-1, cert_theta=math.inf,
                            cert_size=-1, certified=False)
     else:
@@ -262,12 +326,19 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
 
     def certify() -> bool:
         """Run the certificate at the current basis; record its estimate."""
-        res = _block.residual_bound(state)
+        res = _engine.residual_bound(state)
         if state.size >= n:
             theta, used = 0.0, 0
         else:
-            theta, used = deflated_norm(matmat, state.basis, num_matvecs=certificate_steps,
-                                        generator=generator, reduce=reduce, shard=shard)
+            starts, steps = 1, certificate_steps
+            if batch_certificate and state.size * n >= _engine.WIDEN_ELEMENTS:
+                # a basis beyond the caches: fewer, batched steps read it fewer times
+                batched = certificate_steps_for(n, CERTIFICATE_FAILURE ** (1 / CERT_STARTS))
+                if state.num_matvecs + CERT_STARTS * batched <= max_matvecs:
+                    starts, steps = CERT_STARTS, batched
+            theta, used = deflated_norm(matmat, state.columns or state.basis,
+                                        num_matvecs=steps, generator=generator,
+                                        reduce=reduce, num_starts=starts, shard=shard)
         state.num_matvecs += used
         ex["cert_theta"] = min(ex["cert_theta"], theta)
         ex["cert_size"] = state.size
@@ -279,17 +350,20 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         return ok
 
     while state.phase == "grow":
+        target = _engine.target_width(state.size, n, block_size, max_block_size)
+        if state.pending.shape[1] == state.last_width < target:
+            _engine.widen(state, target, generator, reduce, device)
         width = state.pending.shape[1]
         room = max_matvecs - reserve - state.num_matvecs
         k = min(width, room, n - state.size)
         if k <= 0:
             state.phase = "final"
             break
-        _block.step(state, matmat, reduce, width=k, drop_tol=drop_tol)
-        res = _block.residual_bound(state)
+        _engine.step(state, matmat, reduce, width=k, drop_tol=drop_tol)
+        res = _engine.residual_bound(state)
         m = state.size
         grew = m - max(ex["ritz_size"], 0)
-        if ex["ritz_size"] < 0 or m <= 64 or grew >= 0.1 * m or res < 0.5 * tau_now():
+        if ex["ritz_size"] < 0 or m <= 64 or grew >= RITZ_GROWTH * m or res < 0.5 * tau_now():
             update_ritz()
         t = tau_now()
         # Near-invariant: nothing left (an exact Krylov breakdown) or a residual that can
@@ -316,7 +390,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
                     ex["multiplicity"] = True
                 if state.pending.shape[1]:  # drop the residual block: it enters the bound
                     state.dropped_sq += state.residual_norm ** 2
-                _block.refill(state, generator, reduce, device)
+                _engine.refill(state, generator, reduce, device)
                 ex["refilled_at"], ex["count_at_refill"] = m, count
                 if state.pending.shape[1] == 0:
                     state.phase = "final"
@@ -336,7 +410,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
 
 def _result(state: KrylovState, n: int, tau: float, vals: Tensor) -> KrylovRank:
     ex = state.extra
-    res = _block.residual_bound(state)
+    res = _engine.residual_bound(state)
     if state.size >= n:
         e = res
     elif math.isfinite(ex["cert_theta"]):
@@ -358,5 +432,5 @@ def _result(state: KrylovState, n: int, tau: float, vals: Tensor) -> KrylovRank:
     return KrylovRank(
         rank=rank, rank_low=rank, rank_high=high, certified=certified, tol=tau,
         ritz_values=vals, inertia=(n_pos, n_neg), error_bound=e, residual_norm=res,
-        sigma_max_estimate=sigma, noise_floor=_block.asymmetry(state) * sigma,
+        sigma_max_estimate=sigma, noise_floor=_engine.asymmetry(state) * sigma,
         basis_size=state.size, num_matvecs=state.num_matvecs)

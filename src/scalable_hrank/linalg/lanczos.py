@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int
-from scalable_hrank.linalg import _block
+from scalable_hrank.linalg import block_krylov as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.orth import inner, project_out
 
@@ -24,6 +24,7 @@ __all__ = [
     "RitzPairs",
     "block_lanczos",
     "lanczos",
+    "largest_ritz_magnitudes",
     "ritz_pairs",
 ]
 
@@ -149,7 +150,7 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
     for j in range(num_matvecs):
         rows[j] = q[:, 0]
         aq = matmat(q)
-        _block.check_product(q, aq)
+        _engine.check_product(q, aq)
         alpha = float(inner(q, aq, reduce, dtype=F64))
         w = aq - alpha * q
         if prev is not None:
@@ -173,9 +174,88 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int, reorthogonalize: bo
         betas=torch.tensor(betas, dtype=F64), num_matvecs=m, breakdown=breakdown)
 
 
+def largest_ritz_magnitudes(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
+                            reduce: Reduce = None,
+                            breakdown_tol: float = 0.0) -> tuple[Tensor, int]:
+    """Run s independent Lanczos recurrences at once; return each one's largest ``|Ritz|``.
+
+    Column i of ``v0`` starts run i; every step multiplies the still active columns as one
+    block (so a basis-sized projection inside ``matmat`` is read once for all runs). Each run
+    is the three-term recurrence of :func:`lanczos` without reorthogonalization (ghost copies
+    do not change the largest ``|Ritz value|``) and stops alone on a breakdown
+    (``beta <= breakdown_tol``).
+
+    Args:
+        matmat: ``X (n, k) -> A X (n, k)``, dtype and device of ``v0``.
+        v0: Start vectors, shape (n, s), nonzero columns.
+        num_matvecs: Steps per run (products of one column each).
+        reduce: Sums inner products over processes when vectors are sharded by rows.
+        breakdown_tol: A run stops when its beta falls to it (default: exact zero only).
+
+    Returns:
+        ``(theta, products)``: shape (s,) float64 on CPU, the largest ``|eigenvalue|`` of each
+        run's tridiagonal matrix, and the products spent (at most ``s * num_matvecs``).
+        Memory: 4 blocks of (n, s).
+    """
+    if v0.dim() != 2 or v0.shape[1] == 0:
+        msg = f"v0 must have shape (n, s) with s >= 1; got {tuple(v0.shape)}"
+        raise ValueError(msg)
+    check_positive_int("num_matvecs", num_matvecs)
+    s = v0.shape[1]
+    norms = (inner(v0, v0, reduce, dtype=F64).diagonal()).sqrt()
+    if bool((norms == 0).any()):
+        msg = "v0 must have nonzero columns"
+        raise ValueError(msg)
+    q = v0 / norms.to(v0.dtype)
+    prev = torch.zeros_like(q)
+    beta = torch.zeros(s, dtype=F64, device=v0.device)
+    active = list(range(s))
+    alphas: list[list[float]] = [[] for _ in range(s)]
+    betas: list[list[float]] = [[] for _ in range(s)]
+    products = 0
+    for _ in range(num_matvecs):
+        aq = matmat(q)
+        _engine.check_product(q, aq)
+        products += len(active)
+        alpha = _coldot(q, aq, reduce)
+        w = aq - q * alpha.to(q.dtype) - prev * beta.to(q.dtype)
+        w = w - q * _coldot(q, w, reduce).to(q.dtype)
+        beta = _coldot(w, w, reduce).clamp_min(0.0).sqrt()
+        keep = []
+        for j, run in enumerate(active):
+            alphas[run].append(float(alpha[j]))
+            if float(beta[j]) > breakdown_tol:
+                betas[run].append(float(beta[j]))
+                keep.append(j)
+        if not keep:
+            break
+        idx = torch.tensor(keep, device=q.device)
+        active = [active[j] for j in keep]
+        beta = beta[idx]
+        prev, q = q[:, idx], w[:, idx] / beta.to(q.dtype)
+    theta = torch.zeros(s, dtype=F64)
+    for run in range(s):
+        k = len(alphas[run])
+        t = torch.diag(torch.tensor(alphas[run], dtype=F64))
+        if k > 1:
+            off = torch.tensor(betas[run][: k - 1], dtype=F64)
+            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        theta[run] = torch.linalg.eigvalsh(t).abs().max()
+    return theta, products
+
+
+def _coldot(a: Tensor, b: Tensor, reduce: Reduce) -> Tensor:
+    """Column-wise inner products (s,) in float64, summed over processes by ``reduce``."""
+    out = (a.to(F64) * b.to(F64)).sum(0)
+    return reduce(out) if reduce is not None else out
+
+
 def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
                   reduce: Reduce = None) -> BlockLanczosDecomposition:
-    """Block Lanczos with full reorthogonalization (CGS2) from the start block ``v0``.
+    """Block Lanczos with full reorthogonalization (block CGS2) from the start block ``v0``.
+
+    A thin wrapper over the engine in :mod:`.block_krylov` that runs it to the budget or to
+    breakdown and returns the decomposition.
 
     Each product with a block X (n, k) fills column block j of B = Q^T A Q in float64 and,
     after two Gram-Schmidt passes and a rank-revealing orthonormalization (dependent columns
@@ -203,7 +283,7 @@ def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
     n, b = v.shape
     check_positive_int("num_matvecs", num_matvecs)
     gen = torch.Generator()
-    state = _block.init_state(n, b, v, gen, reduce)
+    state = _engine.init_state(n, b, v, gen, reduce)
     def drop_tol(scale: float, m: int) -> float:
         return _breakdown_tol(v.dtype, scale, m)
 
@@ -211,12 +291,12 @@ def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
         width = min(state.pending.shape[1], num_matvecs - state.num_matvecs, n - state.size)
         if width <= 0:
             break
-        _block.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
+        _engine.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
     breakdown = state.pending.shape[1] == 0 and state.size < n
     coupling = state.coupling if state.coupling is not None else torch.zeros(0, 0, dtype=F64)
     return BlockLanczosDecomposition(
         basis=state.basis, projected=state.projected,
-        residual_norm=_block.residual_bound(state), asymmetry=_block.asymmetry(state),
+        residual_norm=_engine.residual_bound(state), asymmetry=_engine.asymmetry(state),
         num_matvecs=state.num_matvecs, residual_coupling=coupling,
         dropped_norm=math.sqrt(state.dropped_sq), breakdown=breakdown)
 

@@ -3,11 +3,17 @@
 Every inner product goes through :func:`inner`, so the same code runs on a basis sharded by
 rows across processes (each process holds a slice of every vector; ``reduce`` sums the small
 Gram matrices). Nothing here moves an n-vector to the host.
+
+A basis is an (n, m) tensor with orthonormal columns or a sequence of such column panels
+(together orthonormal): a growing Krylov basis is kept in panels so that it never has to be
+copied to grow. Classical Gram-Schmidt against panels computes every panel's coefficients from
+the same input, so it is the same projection as against the concatenated basis.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +21,10 @@ from torch import Tensor
 
 from scalable_hrank.linalg._types import Reduce
 
-__all__ = ["OrthBlock", "inner", "orthonormalize", "project_out"]
+__all__ = ["Basis", "OrthBlock", "inner", "orthonormalize", "project_out"]
+
+#: An orthonormal basis: one (n, m) tensor, or a sequence of (n, m_i) column panels.
+Basis = Tensor | Sequence[Tensor] | None
 
 #: Rows of n processed at a time when inner products are accumulated in a wider dtype.
 _CHUNK_ELEMENTS = 1 << 22
@@ -60,25 +69,39 @@ def inner(a: Tensor, b: Tensor, reduce: Reduce = None, *,
     return out
 
 
-def project_out(w: Tensor, basis: Tensor | None, reduce: Reduce = None, *,
+def panels_of(basis: Basis) -> list[Tensor]:
+    """The non-empty (n, m_i) column panels of ``basis`` (a tensor is one panel)."""
+    if basis is None:
+        return []
+    if isinstance(basis, Tensor):
+        return [basis] if basis.shape[1] else []
+    return [p for p in basis if p.shape[1]]
+
+
+def project_out(w: Tensor, basis: Basis, reduce: Reduce = None, *,
                 passes: int = 2) -> Tensor:
     """Remove the components of ``w`` along an orthonormal ``basis`` (classical Gram-Schmidt).
 
     Args:
         w: Shape (n, k).
-        basis: Shape (n, m) with orthonormal columns (a column view is fine), or None.
+        basis: Shape (n, m) with orthonormal columns (a column view is fine), a sequence of
+            such column panels, or None.
         reduce: See :func:`inner`.
         passes: Number of CGS passes; 2 ("twice is enough") gives orthogonality to working
             precision.
 
     Returns:
-        A new (n, k) tensor ``(I - Q Q^T)^passes w``. Cost: 4 n m k flops per pass, memory of
-        one extra (n, k) block.
+        A new (n, k) tensor ``(I - Q Q^T)^passes w`` (``w`` itself when ``passes`` is 0 and
+        there is a basis). Cost: 4 n m k flops per pass, memory of one extra (n, k) block.
     """
-    if basis is None or basis.shape[1] == 0:
+    panels = panels_of(basis)
+    if not panels:
         return w.clone()
     for _ in range(passes):
-        w = w - basis @ inner(basis, w, reduce)
+        coeffs = [inner(p, w, reduce) for p in panels]
+        w = w - panels[0] @ coeffs[0]
+        for p, c in zip(panels[1:], coeffs[1:], strict=True):
+            w.addmm_(p, c, alpha=-1.0)
     return w
 
 
@@ -121,7 +144,7 @@ def _rotate(w: Tensor, reduce: Reduce) -> tuple[Tensor, Tensor]:
     return y, sq.clamp_min(0.0).sqrt()
 
 
-def orthonormalize(w: Tensor, basis: Tensor | None = None, *, drop_tol: float | None = None,
+def orthonormalize(w: Tensor, basis: Basis = None, *, drop_tol: float | None = None,
                    reduce: Reduce = None, generator: torch.Generator | None = None,
                    fill: bool = False, passes: int = 2) -> OrthBlock:
     """Orthonormalize a block against an orthonormal basis and within itself, rank-revealing.
@@ -135,15 +158,18 @@ def orthonormalize(w: Tensor, basis: Tensor | None = None, *, drop_tol: float | 
 
     Args:
         w: Shape (n, k), any float dtype; not modified.
-        basis: Shape (n, m) orthonormal columns (None or m = 0: no basis).
+        basis: Shape (n, m) orthonormal columns or a sequence of column panels (None or
+            m = 0: no basis).
         drop_tol: Absolute threshold on the singular values of the projected block. Default:
             ``8 * k * eps(dtype) * max column norm of w`` (before projection).
         reduce: See :func:`inner`.
         generator: CPU generator for the replacement columns (``fill=True``).
         fill: Replace dropped columns by fresh Gaussian directions (drawn on CPU, moved),
             orthonormalized the same way, so the block keeps width k (while m + k <= n).
-        passes: CGS passes against ``basis`` before the block step (1 when the caller has
-            already removed the basis components once, as block Lanczos does).
+        passes: CGS passes against ``basis`` before the block step. 0 when the caller has
+            already removed the basis components once (block Lanczos does): the first pass
+            leaves components of about eps times the input's norm along the basis, below
+            any drop threshold, and the second pass inside the block step removes them.
 
     Returns:
         An :class:`OrthBlock`. Cost: no operator products; about 8 n (m + k) k flops and two
@@ -166,18 +192,20 @@ def orthonormalize(w: Tensor, basis: Tensor | None = None, *, drop_tol: float | 
             sq = reduce(sq)
         scale = float(sq.max().sqrt()) if k else 0.0
         drop_tol = 8.0 * max(k, 1) * eps * scale
-    m = 0 if basis is None else basis.shape[1]
+    panels = panels_of(basis)
+    m = sum(p.shape[1] for p in panels)
     if k == 0:
         empty = w.new_zeros(n, 0)
         return OrthBlock(empty, torch.zeros(0, dtype=torch.float64), 0.0)
 
-    w = project_out(w, basis, reduce, passes=passes)
+    w = project_out(w, panels, reduce, passes=passes) if passes else w
     if reduce is None:
         # Backward-stable SVD of the tall block: singular values accurate to eps ||w||.
         u, sv, _ = torch.linalg.svd(w, full_matrices=False)
         norms = sv.to(torch.float64)
         keep = norms > drop_tol
-        x = u[:, keep]
+        x = u if bool(keep.all()) else u[:, keep]
+        del u
     else:
         # Sharded rows: Gram rotations (a block Jacobi sweep, twice, so the directions of the
         # small singular values are clean), column norms measured directly.
@@ -186,7 +214,7 @@ def orthonormalize(w: Tensor, basis: Tensor | None = None, *, drop_tol: float | 
         keep = norms > drop_tol
         x = y[:, keep] / norms[keep].to(w.dtype)
     dropped_sq = float((norms[~keep] ** 2).sum())
-    x, lost_sq = _second_pass(x, basis, reduce, norms[keep])
+    x, lost_sq = _second_pass(x, panels, reduce, norms[keep])
     dropped_sq += lost_sq
     out_norms = norms.cpu()
 
@@ -196,7 +224,7 @@ def orthonormalize(w: Tensor, basis: Tensor | None = None, *, drop_tol: float | 
         if want > 0:
             extra = torch.randn(n, want, generator=generator, dtype=w.dtype)
             extra = extra.to(w.device)
-            full = x if basis is None else torch.cat([basis, x], dim=1)
+            full = [*panels, x]
             extra = project_out(extra, full, reduce, passes=2)
             ey, enorms = _rotate(extra, reduce)
             ekeep = enorms > 8.0 * eps * math.sqrt(n)
@@ -207,7 +235,7 @@ def orthonormalize(w: Tensor, basis: Tensor | None = None, *, drop_tol: float | 
     return OrthBlock(x, out_norms, math.sqrt(dropped_sq), num_random)
 
 
-def _second_pass(x: Tensor, basis: Tensor | None, reduce: Reduce,
+def _second_pass(x: Tensor, basis: list[Tensor], reduce: Reduce,
                  scales: Tensor) -> tuple[Tensor, float]:
     """Re-orthogonalize unit columns against ``basis`` and each other ("twice is enough").
 
@@ -220,10 +248,13 @@ def _second_pass(x: Tensor, basis: Tensor | None, reduce: Reduce,
     for _ in range(2):
         if x.shape[1] == 0:
             return x, lost_sq
-        x = project_out(x, basis, reduce, passes=1)
+        coeffs = [inner(p, x, reduce) for p in basis]
+        for p, c in zip(basis, coeffs, strict=True):
+            x.addmm_(p, c, alpha=-1.0)  # x is this module's own block: in place
         gram = inner(x, x, reduce, dtype=torch.float64)
         _, vecs = torch.linalg.eigh(0.5 * (gram + gram.mT))
         y = x @ vecs.to(x.dtype)
+        del x
         sq = (y.to(torch.float64) ** 2).sum(0)
         if reduce is not None:
             sq = reduce(sq)
@@ -233,7 +264,8 @@ def _second_pass(x: Tensor, basis: Tensor | None, reduce: Reduce,
             weights = (scales.to(vecs.device).unsqueeze(1) * vecs[:, ~keep]) ** 2
             lost_sq += float((norms[~keep] ** 2 * weights.sum(0)).sum())
             scales = torch.full((int(keep.sum()),), float(scales.max()), dtype=torch.float64)
-        x = y[:, keep] / norms[keep].to(x.dtype)
+        x = y.div_(norms.to(y.dtype)) if bool(keep.all()) else y[:, keep] / norms[keep].to(
+            y.dtype)
         if bool(keep.all()):
             # One clean pass after the first: orthonormal to working precision.
             return x, lost_sq

@@ -1,0 +1,55 @@
+"""The sketch's peak memory against the estimate the planner uses (fresh subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHILD = r'''
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from scalable_hrank.linalg.krylov_rank import krylov_rank, memory_bytes
+
+r, reps = int(sys.argv[1]), int(sys.argv[2])
+n = r * reps
+g = torch.Generator().manual_seed(0)
+q, _ = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))
+m = (q * torch.logspace(0, -3, r, dtype=torch.float64)) @ q.T
+u = torch.randn(reps, generator=g, dtype=torch.float64)
+u /= u.norm()
+
+def mm(x):  # kron(M, u u^T): rank r, a few (n, k) blocks of memory
+    t = torch.einsum("iak,a->ik", x.reshape(r, reps, -1), u)
+    return ((m @ t)[:, None, :] * u[None, :, None]).reshape(n, -1)
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+mm(torch.randn(n, 8, dtype=torch.float64))
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak to the current resident set
+    f.write("5")
+res = krylov_rank(mm, n, rtol=1e-8, block_size=8, generator=torch.Generator().manual_seed(1))
+peak = hwm()
+print(json.dumps({"rank": res.rank, "certified": res.certified, "basis": res.basis_size,
+                  "peak": peak - before, "predicted": memory_bytes(n, r, 8, 8)}))
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_matches_the_planner_estimate():
+    r, reps = 150, 400  # n = 60,000: a basis of about 170 vectors, 80 MB
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(r), str(reps)], env=env,
+                         capture_output=True, text=True, check=True, timeout=300)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["certified"] and got["rank"] == r
+    basis = got["basis"] * r * reps * 8
+    assert got["peak"] >= basis  # the measurement sees at least the basis
+    assert abs(got["peak"] - got["predicted"]) <= 0.2 * got["predicted"], got
