@@ -117,7 +117,7 @@ class _Flag(PreemptionHandler):
         return self.signum is not None
 
 
-def test_preempted_task_saves_and_resumes_to_the_same_result(tmp_path):
+def test_preempted_task_saves_and_resumes_to_the_same_result(tmp_path, capsys):
     settings = expand({"width": 6, "depth": 2, "activation": "tanh", "method": "sketch",
                        "block_size": 2, "num_samples": 8}).task(0)
     ref = run_task(settings, tmp_path / "ref")
@@ -126,6 +126,7 @@ def test_preempted_task_saves_and_resumes_to_the_same_result(tmp_path):
     assert info.value.path.exists() and not result_path(tmp_path / "run", 0).exists()
     resumed = run_task(settings, tmp_path / "run")
     assert resumed["resumed"] is True and ref["resumed"] is False
+    assert "hrank sweep: resuming from" in capsys.readouterr().out
     for record in (resumed, ref):  # wall time and the machine's free memory may differ
         del record["result"]["seconds"], record["result"]["extra"]["plan"]["available_bytes"]
     assert resumed["result"] == ref["result"]
@@ -159,6 +160,13 @@ def test_collect_uses_manifest_for_expected_count(tmp_path, capsys):
     (tmp_path / "sweep.json").write_text(json.dumps({"num_tasks": 5}))
     assert main(["collect", str(tmp_path)]) == 1
     assert "missing tasks: 0-4" in capsys.readouterr().err
+
+
+def test_collect_on_a_folder_without_records_is_exit_2(tmp_path, capsys):
+    assert main(["collect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hrank: error:") and "no sweep task records" in err
+    assert not (tmp_path / "results.csv").exists()
 
 
 def test_render_sets_deletes_and_adds_directives():

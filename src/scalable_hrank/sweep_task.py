@@ -120,6 +120,11 @@ def _solve(s: Mapping[str, Any], problem: _Problem, kind: str, out: Path, suffix
                             every_seconds=float(s["checkpoint_every"]), handler=handler)
     savers.append(saver)
     resume = saver.load()
+    if resume is not None:
+        from scalable_hrank.cli.progress import products_done
+
+        print(f"hrank sweep: resuming from {saver.path} ({products_done(resume)} products done)",
+              flush=True)
     density = {}
     if s.get("probes"):
         density["num_probes"] = int(s["probes"])

@@ -140,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
 
         num_tasks = load_config(args.config).num_tasks
     table = collect(args.dir, num_tasks)
+    if not table["num_tasks"]:
+        msg = (f"{args.dir} holds no sweep task records (task-<i>.json or tasks.json): "
+               "give the --out folder of hrank sweep / hrank submit sweep")
+        raise InputError(msg)
     csv_path = args.csv or args.dir / "results.csv"
     json_path = args.json or args.dir / "results.json"
     atomic_write_text(csv_path, _csv(table["rows"]))
