@@ -59,10 +59,12 @@ def test_auto_picks_sketch_then_density():
     # with room for a density count, auto never takes a capped sketch (only a bound)
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=GiB,
              activation_bytes=MiB)
-    assert p.method == "density" and p.deflation == 0
+    # 1 GiB holds about 250 float32 vectors of 1e6: deflating 8 pairs (a basis of 128 in panels,
+    # 1.25 * 128 + 16 + 3 * 8 + 8 = 208 vectors) fits, 16 (1.25 * 192 + 16 + 24 + 16 = 296) not
+    assert p.method == "density" and p.deflation == 8
     quadrature = 8 * (16000 // 12) ** 2
-    assert p.storage_bytes == density_vectors(n, 12, 0) * n * 4 + quadrature
-    assert any("deflation lowered from 32 to 0" in note for note in p.notes)
+    assert p.storage_bytes == density_vectors(n, 12, 8) * n * 4 + quadrature
+    assert any("deflation lowered from 32 to 8" in note for note in p.notes)
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=GiB,
              activation_bytes=MiB, expected_rank=500)
     assert p.method == "density"
@@ -72,10 +74,11 @@ def test_density_plan_counts_deflation_basis_probes_and_quadrature():
     n = 1740
     p = plan(mlp(), n, batch(), "density", torch.float64, "cpu", memory_bytes=GiB,
              activation_bytes=MiB, probes=12, deflation=32, density_matvecs=16000)
-    # the deflation's block Lanczos basis dominates: m = min(n, 8 d + 64), grown by
-    # reallocation (2.5 m at the last growth), plus 3 blocks of 8 and the d kept vectors
+    # the deflation's block Lanczos basis dominates: m = min(n, 8 d + 64), held in
+    # panels (at most 1.25 m + 16 allocated), plus 3 blocks of 8 and the d kept vectors
     d = min(32, n // 10)
-    assert density_vectors(n, 12, d) == max(math.ceil(2.5 * (8 * d + 64)) + 24 + d, d + 8 * 12)
+    assert density_vectors(n, 12, d) == max(math.ceil(1.25 * (8 * d + 64)) + 16 + 24 + d,
+                                            d + 8 * 12)
     assert p.storage_bytes == density_vectors(n, 12, 32) * n * 8 + 8 * (16000 // 12) ** 2
     assert p.activation_bytes == MiB and p.product_bytes == MiB * (2 + 12)
 

@@ -19,8 +19,8 @@ Before any product is taken, :func:`plan` adds up
   sketch    block Krylov basis (r + 3k) n plus 2 blocks in flight: 2 k n    ~ r + 2k + 40
   lanczos   Lanczos basis m n (full reorthogonalisation), m = r + 3k
   density   the larger of the deflation phase, its block Lanczos basis      probes x steps
-            ``m = min(n, 8 d + 64)`` grown by reallocation (``2.5 m``, the
-            old and the 1.5x larger new buffer) plus ``3 * 8 + d`` vectors,
+            ``m = min(n, 8 d + 64)`` held in panels (at most ``1.25 m + 16``
+            allocated: no panel is copied to grow) plus ``3 * 8 + d`` vectors,
             and the SLQ phase, the
             d deflation vectors plus ``SLQ_VECTORS_PER_PROBE`` per probe; on
             the CPU also the quadrature's ``8 depth^2`` bytes
@@ -302,7 +302,7 @@ def deflation_basis(n: int, deflation: int) -> int:
 def density_vectors(n: int, probes: int, deflation: int) -> int:
     """Length-n vectors at the peak of a density count (module table)."""
     defl = deflation_basis(n, deflation)
-    phase1 = math.ceil(2.5 * defl) + 3 * DEFLATION_BLOCK + deflation if defl else 0
+    phase1 = math.ceil(1.25 * defl) + 16 + 3 * DEFLATION_BLOCK + deflation if defl else 0
     return max(phase1, deflation + SLQ_VECTORS_PER_PROBE * probes)
 
 

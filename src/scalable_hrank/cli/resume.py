@@ -33,21 +33,22 @@ FINGERPRINT_KEYS = ("loss", "params", "method", "rtol", "atol", "seed", "dtype",
 
 
 #: Tensors of a Krylov state that live on the compute device (the rest stays on the CPU).
-_DEVICE_FIELDS = ("basis_rows", "projected", "pending", "coupling")
+_DEVICE_FIELDS = ("projected", "pending", "coupling")
 
 
 def state_to_device(state: Any, device: torch.device | str) -> Any:
     """A loaded solver state with its device tensors on ``device`` (checkpoints load on CPU).
 
     The fingerprint leaves the device out, so a run saved on a GPU resumes on a CPU and back.
-    Krylov states move their basis, projected matrix, pending block and coupling (the
+    Krylov states move their basis panels, projected matrix, pending block and coupling (the
     generator state stays on the CPU); other states are returned as they are (the SLQ state
     moves its own vectors when it is restored).
     """
-    if not dataclasses.is_dataclass(state) or not hasattr(state, "basis_rows"):
+    if not dataclasses.is_dataclass(state) or not hasattr(state, "panels"):
         return state
-    moved = {name: getattr(state, name).to(device) for name in _DEVICE_FIELDS
-             if isinstance(getattr(state, name, None), torch.Tensor)}
+    moved: dict[str, Any] = {name: getattr(state, name).to(device) for name in _DEVICE_FIELDS
+                             if isinstance(getattr(state, name, None), torch.Tensor)}
+    moved["panels"] = [p.to(device) for p in state.panels]
     return dataclasses.replace(state, **moved)
 
 
