@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from scalable_hrank.errors import InputError
+
 
 def bad_value(name: str, allowed: str, received: Any) -> ValueError:
     """Return a ValueError naming the argument, the allowed values and what was received."""
@@ -50,3 +52,19 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1,
     if value < minimum or (maximum is not None and value > maximum):
         raise bad_value(name, f"an integer >= {minimum}{hi}", value)
     return value
+
+
+def parse_size(text: Any) -> int | None:
+    """A memory size such as ``'8G'``, ``'512M'`` or ``'1e9'`` in bytes (binary units).
+
+    None stays None; anything else that is not a size raises ``InputError``.
+    """
+    if text is None:
+        return None
+    t = str(text).strip().upper().removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if scale > 1 else t) * scale)
+    except ValueError:
+        msg = f"memory must be a size such as 8G or 512M; got {text!r}"
+        raise InputError(msg) from None

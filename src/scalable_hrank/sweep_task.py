@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from scalable_hrank._io import atomic_write_text
+from scalable_hrank._validation import parse_size
 from scalable_hrank.checkpoint import (
     CheckpointSaver,
     Preempted,
     PreemptionHandler,
     fingerprint,
 )
-from scalable_hrank.errors import InputError
 from scalable_hrank.sweep import (
     DEFAULTS,
     RANK_DEFAULTS,
@@ -75,19 +75,6 @@ def _move(problem: _Problem, device: torch.device | None) -> None:
         problem.data = [batch_to(b, device) for b in data]
 
 
-def _memory_bytes(text: Any) -> int | None:
-    """'8G', '512M', '1e9' -> bytes (binary units); None stays None."""
-    if text is None:
-        return None
-    t = str(text).strip().upper().removesuffix("B")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
-    try:
-        return int(float(t[:-1] if scale > 1 else t) * scale)
-    except ValueError:
-        msg = f"memory must be a size such as 8G or 512M; got {text!r}"
-        raise InputError(msg) from None
-
-
 def _solve_settings(s: Mapping[str, Any]) -> dict[str, Any]:
     skip = {"task", "sweep", "checkpoint_every", "throttle_seconds", "compare_exact", "device"}
     return {k: v for k, v in s.items() if k not in skip}
@@ -133,7 +120,7 @@ def _solve(s: Mapping[str, Any], problem: _Problem, kind: str, out: Path, suffix
     res = hr.estimate_rank(
         problem.model, problem.loss, problem.data, kind, method=s["method"],
         seed=int(s["seed"]), max_matvecs=s["max_matvecs"], block_size=int(s["block_size"]),
-        dtype=dtype_of(s.get("dtype", "float64")), memory_bytes=_memory_bytes(s.get("memory")),
+        dtype=dtype_of(s.get("dtype", "float64")), memory_bytes=parse_size(s.get("memory")),
         on_block=_Throttle(saver, float(s["throttle_seconds"])), resume_state=resume,
         density=density or None, **common)
     return res, resume is not None

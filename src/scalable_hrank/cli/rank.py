@@ -29,6 +29,7 @@ import torch
 
 from scalable_hrank import __version__
 from scalable_hrank._io import atomic_write_text, check_writable
+from scalable_hrank._validation import parse_size
 from scalable_hrank.checkpoint import per_rank_path
 from scalable_hrank.cli.errors import EXIT_PREEMPTED, exit_code
 from scalable_hrank.cli.progress import ProductBar
@@ -172,19 +173,6 @@ def _problem(s: dict[str, Any]) -> tuple[Any, Any, Any, str]:
     return problem.model, problem.loss, problem.data, problem.description
 
 
-def _bytes(text: Any) -> int | None:
-    """'8G', '512M', '1e9' -> bytes (binary units); None stays None."""
-    if text is None:
-        return None
-    t = str(text).strip().upper().removesuffix("B")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
-    try:
-        return int(float(t[:-1] if scale > 1 else t) * scale)
-    except ValueError:
-        msg = f"memory must be a size such as 8G or 512M; got {text!r}"
-        raise ValueError(msg) from None
-
-
 def _git_hash() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -234,7 +222,7 @@ def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selec
             model, loss, data, kind, method=method, params=selected,
             rtol=s.get("rtol"), atol=s.get("atol"), seed=int(s["seed"]),
             max_matvecs=budget, dtype=dtype, block_size=int(s["block_size"]),
-            memory_bytes=_bytes(s.get("memory")), on_block=on_block,
+            memory_bytes=parse_size(s.get("memory")), on_block=on_block,
             resume_state=None if ckpt is None else ckpt.state, density=_density_options(s),
             shard_basis=bool(s.get("shard_basis")))
     except BaseException:
