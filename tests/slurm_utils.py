@@ -55,6 +55,19 @@ def slurm_unavailable_reason() -> str | None:
     return None
 
 
+
+def require_slurm() -> None:
+    """Skip the calling test without Slurm; fail instead when ``HRANK_REQUIRE_SLURM=1`` (CI)."""
+    import pytest
+
+    reason = slurm_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("HRANK_REQUIRE_SLURM") == "1":
+        pytest.fail(f"HRANK_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
 def hrank(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the hrank CLI of this checkout in a subprocess."""
     return subprocess.run([*HRANK, *map(str, args)], capture_output=True, text=True, cwd=cwd,

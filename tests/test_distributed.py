@@ -26,6 +26,7 @@ from scalable_hrank.distributed import (
     split_sizes,
     world,
 )
+from tests.processes import finish
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -57,23 +58,9 @@ def _launch(tmp_path: Path, extra_args=(), *, slurm_vars: bool = False, size: in
     return procs
 
 
-def _finish(procs, timeout: float) -> list[tuple[int, str]]:
-    out = []
-    try:
-        for p in procs:
-            text, _ = p.communicate(timeout=timeout)
-            out.append((p.returncode, text))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return out
-
-
 @pytest.mark.parametrize("slurm_vars", [False, True], ids=["torchrun-env", "slurm-env"])
 def test_two_processes_all_reduce_gram_and_sharded_matmat(tmp_path, slurm_vars):
-    results = _finish(_launch(tmp_path, slurm_vars=slurm_vars), timeout=90)
+    results = finish(_launch(tmp_path, slurm_vars=slurm_vars), timeout=90)
     assert [rc for rc, _ in results] == [0, 0], results
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["world"] == 2 and report["backend"] == "gloo"
@@ -96,7 +83,7 @@ def test_two_processes_all_reduce_gram_and_sharded_matmat(tmp_path, slurm_vars):
 
 def test_dead_peer_makes_survivor_fail_fast(tmp_path):
     t0 = time.monotonic()
-    results = _finish(_launch(tmp_path, ["--timeout", "5", "--die-rank", "1"]), timeout=60)
+    results = finish(_launch(tmp_path, ["--timeout", "5", "--die-rank", "1"]), timeout=60)
     elapsed = time.monotonic() - t0
     assert results[1][0] == 0  # the peer that vanished
     assert results[0][0] != 0 and "failed after" in results[0][1], results[0][1]

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.processes import finish
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--model", "mlp:6,4,3", "--data", "gaussian", "--samples", "10", "--loss", "mse",
         "--method", "sketch", "--block-size", "2", "--kind", "all", "--device", "cpu",
@@ -44,20 +46,6 @@ def _start(tmp_path: Path, delay: float) -> list[subprocess.Popen]:
     return procs
 
 
-def _wait(procs, timeout=120) -> list[tuple[int, str]]:
-    out = []
-    try:
-        for p in procs:
-            text, _ = p.communicate(timeout=timeout)
-            out.append((p.returncode, text))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return out
-
-
 def test_signal_to_one_process_stops_both_then_both_resume(tmp_path) -> None:
     from scalable_hrank.cli import main
 
@@ -71,11 +59,11 @@ def test_signal_to_one_process_stops_both_then_both_resume(tmp_path) -> None:
         if "worker: outer block 2" in line:
             break
     procs[1].send_signal(signal.SIGUSR1)
-    first = _wait(procs)
+    first = finish(procs, timeout=120)
     assert [rc for rc, _ in first] == [3, 3], (lines, first)
     assert "pre-empted by SIGUSR1" in first[0][1]  # rank 0 never got the signal itself
     assert (tmp_path / "run.ckpt.loss").exists() and (tmp_path / "run.ckpt.outer").exists()
-    second = _wait(_start(tmp_path, delay=0.0))
+    second = finish(_start(tmp_path, delay=0.0), timeout=120)
     assert [rc for rc, _ in second] == [0, 0], second
     assert "loss: finished earlier" in second[0][1] and "resuming from" in second[0][1]
     got = json.loads((tmp_path / "r.json").read_text())["results"]

@@ -19,8 +19,8 @@ from scalable_hrank.distributed import slurm  # noqa: E402
 from slurm_utils import (  # noqa: E402
     hrank,
     preemptible_loop,
+    require_slurm,
     signal_until,
-    slurm_unavailable_reason,
     submit,
     wait_for_text,
 )
@@ -34,11 +34,7 @@ RANK_ARGS = ["--model", "mlp:3,2,2", "--data", "gaussian", "--samples", "5", "--
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_slurm():
-    reason = slurm_unavailable_reason()
-    if reason is not None:
-        if os.environ.get("HRANK_REQUIRE_SLURM") == "1":
-            pytest.fail(f"HRANK_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+    require_slurm()
 
 
 def _state(recs):

@@ -7,7 +7,6 @@ tests/test_slurm.py.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scalable_hrank.distributed import slurm  # noqa: E402
-from slurm_utils import hrank, slurm_unavailable_reason, submit  # noqa: E402
+from slurm_utils import hrank, require_slurm, submit  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 CPU = ["--gpus", "0", "--cpus-per-task", "1", "--time", "00:05:00"]
@@ -23,11 +22,7 @@ CPU = ["--gpus", "0", "--cpus-per-task", "1", "--time", "00:05:00"]
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_slurm():
-    reason = slurm_unavailable_reason()
-    if reason is not None:
-        if os.environ.get("HRANK_REQUIRE_SLURM") == "1":
-            pytest.fail(f"HRANK_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+    require_slurm()
 
 
 def test_block_sweep_array_collects_one_row_per_block_and_kind(tmp_path):
