@@ -46,7 +46,6 @@ def main(out_dir: str, mode: str) -> int:
     if mode != "single":
         from scalable_hrank.distributed import shutdown
 
-        torch.distributed.barrier()  # nobody tears gloo down while a peer still talks
         shutdown()
     return 0
 

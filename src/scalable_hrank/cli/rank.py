@@ -34,6 +34,7 @@ from scalable_hrank.checkpoint import per_rank_path
 from scalable_hrank.cli.errors import EXIT_PREEMPTED, exit_code
 from scalable_hrank.cli.progress import ProductBar
 from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerprint
+from scalable_hrank.distributed.env import World
 from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
 from scalable_hrank.errors import InputError
 from scalable_hrank.linalg.krylov_rank import certificate_steps_for
@@ -325,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
                 res = _solve(s, kind, model, loss, data, selected, dtype, n, ckpt)
             except Preempted as exc:
                 print(f"hrank rank: {exc}; rerun the same command to resume", file=sys.stderr)
+                _leave(world)  # every process stops at the same block
                 return EXIT_PREEMPTED
             results[kind] = res
             if rank0:
@@ -340,9 +342,13 @@ def run(args: argparse.Namespace) -> int:
     elif checkpoints and rank0:
         print(f"hrank rank: only a bound; the state is kept in {s['checkpoint']}: rerun with a "
               "larger --max-matvecs to continue", file=sys.stderr)
+    _leave(world)
+    return code
+
+
+def _leave(world: World | None) -> None:
+    """Leave the process group in step with the other processes (no-op when single)."""
     if world is not None and world.size > 1:
         from scalable_hrank.distributed import shutdown
 
-        torch.distributed.barrier()  # nobody tears the group down while a peer still talks
         shutdown()
-    return code

@@ -6,6 +6,7 @@ import datetime
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,18 +167,50 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     if "MASTER_ADDR" not in env:
         msg = "WORLD_SIZE > 1 but MASTER_ADDR is not set"
         raise RuntimeError(msg)
-    url = f"tcp://{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29500')}"
-    logger.info("joining %s as rank %d of %d (%s, timeout %.0fs)", url, rank, size, backend,
-                timeout)
-    dist.init_process_group(backend=backend, init_method=url, rank=rank, world_size=size,
-                            timeout=datetime.timedelta(seconds=timeout))
+    host, port = env["MASTER_ADDR"], int(env.get("MASTER_PORT", "29500"))
+    logger.info("joining %s:%d as rank %d of %d (%s, timeout %.0fs)", host, port, rank, size,
+                backend, timeout)
+    wait = datetime.timedelta(seconds=timeout)
+    # The rendezvous store is ours, not the group's, so it outlives the group: shutdown()
+    # uses it to let every process finish tearing down before the store's host exits.
+    global _STORE  # noqa: PLW0603 - one process group per process
+    _STORE = dist.TCPStore(host, port, world_size=size, is_master=rank == 0, timeout=wait)
+    dist.init_process_group(backend=backend, store=_STORE, rank=rank, world_size=size,
+                            timeout=wait)
     return World(rank, size, local, backend, device)
 
 
+#: The rendezvous store of this process's group (None when single or after shutdown).
+_STORE: dist.Store | None = None
+_LEFT_KEY = "hrank/left"
+#: Seconds the store's host waits for its peers to report that they left.
+LEAVE_TIMEOUT_S = 60.0
+
+
 def shutdown() -> None:
-    """Leave the process group (no-op when none is initialized)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group in step with the others (no-op when none is initialized).
+
+    Every process must call it at the same point, once nothing else is sent: the processes
+    meet at a barrier, each destroys its group, reports on the rendezvous store, and the
+    store's host (rank 0) returns only once every peer has reported (or after
+    ``LEAVE_TIMEOUT_S``). No process then sees a peer's sockets or the store close while it
+    is still tearing its own group down, which can abort a process at exit. Not for error
+    paths where a peer may be gone: there, leave with ``os._exit``.
+    """
+    global _STORE  # noqa: PLW0603
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    rank, size = dist.get_rank(), dist.get_world_size()
+    dist.barrier()
+    dist.destroy_process_group()
+    store, _STORE = _STORE, None
+    if store is None:  # a group this module did not create
+        return
+    store.add(_LEFT_KEY, 1)
+    if rank == 0:
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        while store.add(_LEFT_KEY, 0) < size and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
