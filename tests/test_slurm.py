@@ -164,12 +164,12 @@ def test_preemption_requeue_resume_and_scancel(tmp_path):
 
     t_a = wait_for_text(log_a, "worker: step 3", timeout=60)
     t0 = time.monotonic()
-    t_signal = signal_until(job_a, log_a, "caught SIGUSR1", timeout=30)
+    t_signal = signal_until(job_a, log_a, "caught SIGUSR1", timeout=90)
     wait_for_text(log_b, "task 3: started", timeout=60)
-    signal_until(f"{job_b}_3", log_b, "caught SIGUSR1", timeout=30)
+    signal_until(f"{job_b}_3", log_b, "caught SIGUSR1", timeout=90)
     wait_for_text(log_c, "worker: step 2", timeout=60)
     os.system(f"scancel {job_c}")  # noqa: S605
-    wait_for_text(log_a, "requeueing job", timeout=30)
+    wait_for_text(log_a, "requeueing job", timeout=90)
     t_requeue = time.monotonic() - t0
     wait_for_text(log_a, "restart 1 on", timeout=90)
     t_restart = time.monotonic() - t0
@@ -197,7 +197,7 @@ def test_preemption_requeue_resume_and_scancel(tmp_path):
     assert not (out_b / "task-00003.ckpt").exists()  # removed after the result was written
 
     # C: scancel -> checkpoint saved, job stays cancelled
-    wait_for_text(log_c, "command exited with 3", timeout=15)
+    wait_for_text(log_c, "command exited with 3", timeout=60)
     time.sleep(1.0)
     text = log_c.read_text()
     assert recs[job_c][0]["JobState"] == "CANCELLED" and recs[job_c][0]["Restarts"] == "0", text
@@ -238,7 +238,7 @@ def test_kind_all_preempted_in_its_third_kind_and_a_raised_budget(tmp_path):
                    str(tmp_path), "--", *args, "--kind", "loss")
 
     wait_for_text(log_a, "worker: functional block 2", timeout=90)
-    signal_until(job_a, log_a, "caught SIGUSR1", timeout=30)
+    signal_until(job_a, log_a, "caught SIGUSR1", timeout=90)
     rec_b = slurm.wait(small, timeout=90)
     assert _state(rec_b) == [("FAILED", "1:0")], log_b.read_text()
     assert not json.loads(out_b.read_text())["certified"]
