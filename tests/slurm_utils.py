@@ -7,9 +7,11 @@ Run as a script it is a small pre-emptible computation (used by tests/test_slurm
 Each step adds a Gaussian draw (from a checkpointed generator) to a vector; on SIGUSR1/SIGTERM it
 saves its state and exits 3. A resumed run ends with exactly the vector of an uninterrupted one.
 
-``python tests/slurm_utils.py slow-rank DELAY -- <hrank rank arguments>`` runs ``hrank rank``
-itself, sleeping DELAY seconds after every solver block and printing
-``worker: <kind> block <k>``, so that a test can pre-empt it at a chosen kind.
+``python tests/slurm_utils.py slow-rank DELAY [KIND:BLOCK] -- <hrank rank arguments>`` runs
+``hrank rank`` itself, sleeping DELAY seconds after every solver block and printing
+``worker: <kind> block <k>``, so that a test can pre-empt it at a chosen kind. With
+KIND:BLOCK it also holds at that block (up to 5 minutes, in the first run of a job only) until
+a signal has arrived, so the signal lands there however slowly a loaded slurmd delivers it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -144,7 +147,16 @@ def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -
     return 0
 
 
-def slow_rank(delay: float, argv: list[str]) -> int:
+def _wait_for_signal(timeout: float) -> None:
+    """Sleep until hrank's pre-emption handler (the installed SIGUSR1 handler) has a signal."""
+    handler = getattr(signal.getsignal(signal.SIGUSR1), "__self__", None)
+    assert handler is not None, "no pre-emption handler installed"
+    t0 = time.monotonic()
+    while not handler.signalled and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+
+
+def slow_rank(delay: float, hold: str | None, argv: list[str]) -> int:
     """``hrank rank ARGV`` with a pause after each solver block (see the module docstring)."""
     from scalable_hrank.cli import main
     from scalable_hrank.cli import rank as rank_cli
@@ -158,6 +170,8 @@ def slow_rank(delay: float, argv: list[str]) -> int:
             count[0] += 1
             print(f"worker: {kind} block {count[0]}", flush=True)
             time.sleep(delay)
+            if hold == f"{kind}:{count[0]}" and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+                _wait_for_signal(timeout=300)
             if inner is not None:
                 inner(state)
 
@@ -169,7 +183,9 @@ def slow_rank(delay: float, argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["slow-rank"]:
-        sys.exit(slow_rank(float(sys.argv[2]), sys.argv[4:]))
+        split = sys.argv.index("--")
+        sys.exit(slow_rank(float(sys.argv[2]), (sys.argv[3:split] or [None])[0],
+                           sys.argv[split + 1:]))
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)

@@ -228,8 +228,8 @@ def test_kind_all_preempted_in_its_third_kind_and_a_raised_budget(tmp_path):
 
     log_a, out_a = tmp_path / "a.out", tmp_path / "a.json"
     job_a = submit("command", *CPU, "--output", str(log_a), "--chdir", str(tmp_path), "--",
-                   sys.executable, str(WORKER), "slow-rank", "0.4", "--", *args, "--kind", "all",
-                   "--out", str(out_a), "--checkpoint", str(tmp_path / "a.ckpt"))
+                   sys.executable, str(WORKER), "slow-rank", "0.4", "functional:2", "--", *args,
+                   "--kind", "all", "--out", str(out_a), "--checkpoint", str(tmp_path / "a.ckpt"))
     log_b, out_b = tmp_path / "b.out", tmp_path / "b.json"
     small = submit("rank", *CPU, "--output", str(log_b), "--chdir", str(tmp_path), "--", *args,
                    "--kind", "loss", "--max-matvecs", "12", "--out", str(out_b))
