@@ -116,8 +116,13 @@ def signal_until(target: str, path: Path, text: str, *, timeout: float,
                 raise
 
 
-def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -> int:
-    """The worker: see the module docstring. Returns the exit code."""
+def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float,
+                     hold_at: int | None = None) -> int:
+    """The worker: see the module docstring. Returns the exit code.
+
+    With ``hold_at``, the first run of a job waits after that step (up to 5 minutes) until a
+    signal has arrived, so a test's signal lands mid-run however slowly it is delivered.
+    """
     fp = fingerprint([], None, {"steps": steps, "worker": "slurm_utils"})
     with PreemptionHandler() as handler:
         saver = CheckpointSaver(checkpoint, fp, every_seconds=math.inf, handler=handler)
@@ -134,6 +139,8 @@ def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -
                 state["step"] += 1
                 print(f"worker: step {state['step']}", flush=True)
                 time.sleep(delay)
+                if state["step"] == hold_at and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+                    _wait_for_signal(handler, timeout=300)
                 saver(state)
         except Preempted as exc:
             print(f"worker: {exc}", flush=True)
@@ -147,9 +154,9 @@ def preemptible_loop(out: Path, checkpoint: Path, *, steps: int, delay: float) -
     return 0
 
 
-def _wait_for_signal(timeout: float) -> None:
-    """Sleep until hrank's pre-emption handler (the installed SIGUSR1 handler) has a signal."""
-    handler = getattr(signal.getsignal(signal.SIGUSR1), "__self__", None)
+def _wait_for_signal(handler: PreemptionHandler | None, timeout: float) -> None:
+    """Sleep until ``handler`` (default: the installed SIGUSR1 handler's) has a signal."""
+    handler = handler or getattr(signal.getsignal(signal.SIGUSR1), "__self__", None)
     assert handler is not None, "no pre-emption handler installed"
     t0 = time.monotonic()
     while not handler.signalled and time.monotonic() - t0 < timeout:
@@ -171,7 +178,7 @@ def slow_rank(delay: float, hold: str | None, argv: list[str]) -> int:
             print(f"worker: {kind} block {count[0]}", flush=True)
             time.sleep(delay)
             if hold == f"{kind}:{count[0]}" and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
-                _wait_for_signal(timeout=300)
+                _wait_for_signal(None, timeout=300)
             if inner is not None:
                 inner(state)
 
@@ -191,5 +198,7 @@ if __name__ == "__main__":
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--delay", type=float, default=0.5)
+    p.add_argument("--hold-at", type=int, default=None)
     a = p.parse_args()
-    sys.exit(preemptible_loop(a.out, a.checkpoint, steps=a.steps, delay=a.delay))
+    sys.exit(preemptible_loop(a.out, a.checkpoint, steps=a.steps, delay=a.delay,
+                              hold_at=a.hold_at))
