@@ -65,9 +65,12 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         model: The network. Copied to ``dtype`` when its parameters have another dtype.
         loss: "mse", "cross_entropy", "logcosh" or a callable ``loss(outputs, targets)``.
         data: An (inputs, targets) pair or an iterable of pairs (a DataLoader).
-        kind: "loss" (H_L), "outer" (H_O) or "functional" (H_F).
+        kind: "loss" (H_L), "outer" (H_O), "functional" (H_F) or a registered kind
+            (:func:`scalable_hrank.operators.kinds.register_kind`).
         method: "sketch" (block Krylov, certified), "lanczos" (block size 1), "density"
-            (spectral-density count with an interval), "exact" (dense), or "auto".
+            (spectral-density count with an interval), "exact" (dense), "auto" (a policy
+            over these, :mod:`scalable_hrank.estimators.auto`), or a registered method
+            (:func:`scalable_hrank.estimators.register_estimator`).
         params: None (all trainable), name globs, or the model's parameter objects.
         rtol: Threshold relative to sigma_max(H_L); default min(max(P, 10) eps, sqrt(eps)) of
             ``dtype`` (:func:`scalable_hrank.threshold.default_rtol`).

@@ -109,7 +109,7 @@ def run_krylov(request: RankRequest, *, method: str, block_size: int) -> RankRes
     n, max_matvecs = op.size, request.max_matvecs
     if max_matvecs is None and plan.max_rank is not None and plan.max_rank < n:
         max_matvecs = plan.max_rank + (request.certificate_steps or certificate_steps_for(n))
-        request.notes.append(f"memory plan caps the Krylov basis at {plan.max_rank} vectors")
+        request.notes.insert(0, f"memory plan caps the Krylov basis at {plan.max_rank} vectors")
     threshold = probe_and_threshold(request)
     overhead = op.matvecs + threshold.scale_matvecs
     matmat, n_local, reduce, shard = op.matmat, n, None, None

@@ -23,9 +23,10 @@ from scalable_hrank.operators.products import MatVec, Params
 log = logging.getLogger(__name__)
 
 #: Blocks run one column at a time from this many parameters on, by device type (others:
-#: one vmap over the whole block). A vmapped block holds k copies of every intermediate; on
-#: CPUs it pays only for small models, where the call overhead dominates (the crossover is
-#: measured in docs/benchmarks.md).
+#: one vmap over the whole block). A vmapped block holds k copies of every intermediate; below
+#: the threshold it saves the per-column call overhead, which dominates for small models;
+#: above it the vmapped block is slower per product on CPUs (docs/benchmarks.md, "HVP cost":
+#: ours_vmap_block against ours_block).
 COLUMN_LOOP_MIN_SIZE: dict[str, int] = {"cpu": 2**17}
 
 
@@ -293,7 +294,8 @@ class CurvatureOperator:
             torch.distributed.all_reduce(out)
         self.matvecs += mat.shape[1]
         # column-major (P, k), no transposition: the solvers keep their bases column-major
-        # (a row-major basis times a column-major block takes a 3-10x slower matmul path)
+        # (a row-major basis times a column-major block takes a much slower matmul path;
+        # docs/benchmarks.md, "HVP cost")
         return out[0] if vector else out.T
 
     __matmul__ = matmat
