@@ -197,8 +197,9 @@ def unregister_estimator(name: str) -> None:
 
 
 def method_names() -> tuple[str, ...]:
-    """``"auto"`` and every registered method, built-ins first."""
-    return ("auto", *_REGISTRY)
+    """``"auto"``, the built-in methods in :data:`BUILTIN_METHODS` order, then the others."""
+    builtins = [m for m in BUILTIN_METHODS if m in _REGISTRY]
+    return ("auto", *builtins, *(m for m in _REGISTRY if m not in BUILTIN_METHODS))
 
 
 def estimator(name: str) -> Estimator:
@@ -207,7 +208,7 @@ def estimator(name: str) -> Estimator:
     Raises:
         ValueError: No method of that name is registered (the message lists them).
     """
-    return _REGISTRY[check_choice("method", name, tuple(_REGISTRY))]
+    return _REGISTRY[check_choice("method", name, method_names()[1:])]
 
 
 def resume_entry(state: Any) -> Estimator | None:

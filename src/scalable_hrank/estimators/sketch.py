@@ -37,16 +37,19 @@ from scalable_hrank.threshold import noise_floor
 def expected_products(n: int, rank: int, block_size: int) -> int:
     """Products a certified sketch is expected to take on a rank-``rank`` operator of size n.
 
-    ``min(n, rank + 2 b) + certificate_steps_for(n)``: the basis reaches the rank plus about
-    two blocks of width b before a fresh block adds nothing above the threshold, and one
+    ``rank + 2 b + certificate_steps_for(n)``: the basis reaches the rank plus about two
+    blocks of width b before a fresh block adds nothing above the threshold, and one
     certificate run of :func:`~scalable_hrank.linalg.krylov_rank.certificate_steps_for`
-    (n) Lanczos steps (27 at n = 100, 35 at n = 1e9) follows. An estimate for an operator
-    whose eigenvalues clear the threshold by a gap, not a bound: a failed certificate grows
-    the basis and retries, a basis that widens its blocks (ranks in the thousands) adds
-    about one widest block, and its batched certificate runs take more steps in all. The
-    product budget that stops a run is ``max_products`` (n plus one certificate).
+    (n) Lanczos steps (27 at n = 100, 35 at n = 1e9) follows; n when ``rank + 2 b >= n``
+    (the basis then spans the space and the count needs no certificate). An estimate for an
+    operator whose eigenvalues clear the threshold by a gap, not a bound: a failed
+    certificate grows the basis and retries, a basis that widens its blocks (ranks in the
+    thousands) adds about one widest block, and its batched certificate runs take more
+    steps in all. The product budget that stops a run is :func:`max_products` (n plus one
+    certificate).
     """
-    return min(n, rank + 2 * block_size) + certificate_steps_for(n)
+    basis = rank + 2 * block_size
+    return n if basis >= n else basis + certificate_steps_for(n)
 
 
 def max_products(n: int, block_size: int) -> int:  # noqa: ARG001 - the registry's signature
