@@ -10,6 +10,7 @@ reference (``jacrev`` of the outputs, not the package's products), and removes t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 import scalable_hrank as hr
+from scalable_hrank.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scalable_hrank.estimators import (
     Estimator,
     RankRequest,
@@ -44,11 +46,24 @@ def jacobian_gram_product(theta, forward, loss_fn, targets, weight):
     return matvec, loss_fn(outputs.detach(), targets).detach()
 
 
+@dataclass
+class EighState:
+    """The dense estimator's resume state: its eigenvalues, once computed."""
+
+    num_matvecs: int
+    values: torch.Tensor
+
+
 def dense_eigh_run(request: RankRequest) -> RankResult:
     """Count eigenvalues of the dense operator above the request's threshold."""
     threshold = probe_and_threshold(request)
     op = request.op
-    vals = torch.linalg.eigvalsh(op.to_dense().double()).flip(0)
+    if isinstance(request.resume_state, EighState):
+        vals = request.resume_state.values
+    else:
+        vals = torch.linalg.eigvalsh(op.to_dense().double()).flip(0)
+        if request.on_block is not None:
+            request.on_block(EighState(op.matvecs, vals))
     scale = threshold.scale if threshold.scale is not None else float(vals.abs().max())
     tol = threshold.tol if threshold.tol is not None else threshold.rtol * scale
     rank = int((vals.abs() > tol).sum())
@@ -65,7 +80,7 @@ JTJ = KindSpec("jtj", "J^T J", jacobian_gram_product, psd_losses=("mse", "cross_
                "logcosh"), scale_kind="jtj")
 DENSE_EIGH = Estimator(name="dense_eigh", run=dense_eigh_run,
                        storage_bytes=lambda s: 2 * 8 * s.n * s.n,
-                       expected_products=lambda s: s.n)
+                       expected_products=lambda s: s.n, resume_state=EighState)
 
 
 @pytest.fixture
@@ -160,3 +175,21 @@ def test_cli_choices_read_the_registries(registered):
 
     args = build_parser().parse_args(["rank", "--kind", "jtj", "--method", "dense_eigh"])
     assert (args.kind, args.method) == ("jtj", "dense_eigh")
+
+
+def test_registered_resume_state_round_trips_through_a_checkpoint(registered, tmp_path):
+    model, data = problem()
+    seen = []
+    first = hr.estimate_rank(model, "mse", data, "jtj", method="dense_eigh",
+                             on_block=seen.append)
+    assert len(seen) == 1 and isinstance(seen[0], EighState)
+    path = tmp_path / "eigh.ckpt"
+    save_checkpoint(path, seen[0], fingerprint="f")
+    state = load_checkpoint(path, fingerprint="f")
+    assert isinstance(state, EighState) and torch.equal(state.values, seen[0].values)
+    resumed = hr.estimate_rank(model, "mse", data, "jtj", method="dense_eigh",
+                               resume_state=state)
+    assert resumed.rank == first.rank and resumed.matvecs < first.matvecs
+    unregister_estimator("dense_eigh")  # its state class is no longer rebuilt
+    with pytest.raises(CheckpointError, match="no registered estimator"):
+        load_checkpoint(path, fingerprint="f")

@@ -17,6 +17,7 @@ from scalable_hrank.estimators.registry import (
     method_names,
     register_estimator,
     resume_entry,
+    resume_state_classes,
     unregister_estimator,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "method_names",
     "register_estimator",
     "resume_entry",
+    "resume_state_classes",
     "sketch",
     "spectral_scale",
     "unregister_estimator",

@@ -211,6 +211,11 @@ def estimator(name: str) -> Estimator:
     return _REGISTRY[check_choice("method", name, method_names()[1:])]
 
 
+def resume_state_classes() -> tuple[type, ...]:
+    """The ``resume_state`` classes of the registered estimators (checkpoints rebuild these)."""
+    return tuple(e.resume_state for e in _REGISTRY.values() if e.resume_state is not None)
+
+
 def resume_entry(state: Any) -> Estimator | None:
     """The entry whose ``resume_state`` class ``state`` is an instance of, if any."""
     for entry in _REGISTRY.values():
