@@ -126,7 +126,7 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     notes: list[str] = []
     if method == "auto":
         method = chosen.method
-        block_size = chosen.block_size if method == "sketch" else block_size
+        block_size = chosen.block_size  # the width the plan fitted
         notes.append(f"auto chose {method} (block {chosen.block_size}): needs "
                      f"{format_bytes(chosen.total_bytes)} of {format_bytes(chosen.available_bytes)}"
                      + (f"; basis holds ranks up to {chosen.max_rank}" if chosen.max_rank else ""))
