@@ -128,14 +128,22 @@ def test_resume_from_block_state_is_identical() -> None:
 
 
 def test_auto_choice_follows_the_memory_plan() -> None:
-    model, loss, data = build(MODELS[6])  # n = 255
+    model, loss, data = build(MODELS[6])  # n = 620, rank(H_O) = 30
     small = hr.estimate_rank(model, loss, data, "outer")
     assert small.method == "exact" and any("auto chose exact" in n for n in small.notes)
     assert small.extra["plan"]["method"] == "exact"
-    # 600 kB: no room for the dense matrix (8 n^2 = 0.5 MB plus workspace) -> a Krylov basis
-    sketch = hr.estimate_rank(model, loss, data, "outer", memory_bytes=600_000)
+    # 1 MB: no room for the dense matrices (5 float64 copies of 620^2, 15 MB) nor for the
+    # density count's quadrature -> a Krylov basis, capped where the solver's peak
+    # (krylov_rank.memory_bytes: basis panels plus 6 workspace blocks, 0.63 MB at rank 30)
+    # meets the budget, above the rank: certified
+    sketch = hr.estimate_rank(model, loss, data, "outer", memory_bytes=1_000_000)
     assert sketch.method == "sketch" and sketch.certified
-    assert sketch.rank == small.rank
+    assert sketch.rank == small.rank and sketch.extra["plan"]["max_rank"] >= small.rank
+    # 600 kB holds a basis for ranks up to 24 only: the capped sketch returns a true bound
+    capped = hr.estimate_rank(model, loss, data, "outer", memory_bytes=600_000)
+    assert capped.method == "sketch" and capped.guarantee == "bound"
+    assert capped.extra["plan"]["max_rank"] < small.rank
+    assert capped.rank_low <= small.rank <= capped.rank_high
     with pytest.raises(PlanError, match="does not fit"):
         hr.estimate_rank(model, loss, data, "outer", method="sketch", memory_bytes=1_000)
 

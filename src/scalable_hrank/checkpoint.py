@@ -11,7 +11,8 @@ is truncated or corrupted (size or sha256 mismatch), written by another format v
 written for another problem (fingerprint mismatch: other parameters, data or settings). The
 payload is read with ``torch.load(weights_only=True)``: no code runs on load. Dataclasses and
 ``torch.Generator`` objects are stored as tagged dicts (the generator by its uint8 state) and
-rebuilt on load; only dataclasses defined in ``scalable_hrank`` modules are rebuilt. A dataclass
+rebuilt on load; only dataclasses defined in ``scalable_hrank`` modules, or declared as a
+registered estimator's ``resume_state``, are rebuilt. A dataclass
 with a ``snapshot()`` method (``KrylovState``) is saved through it (a compact copy).
 
 When to save and how to stop on a signal is :mod:`scalable_hrank.preemption`'s concern; its
@@ -175,6 +176,28 @@ def _encode(obj: Any) -> Any:
     raise TypeError(msg)
 
 
+def _dataclass_named(name: str, path: Path) -> Any:
+    """The class a checkpoint names: one of scalable_hrank's, or a registered resume state.
+
+    A class from another package is rebuilt only when a registered estimator declares it as
+    its ``resume_state`` (:mod:`scalable_hrank.estimators`); nothing else is imported.
+    """
+    module, _, qualname = name.partition(":")
+    if module == "scalable_hrank" or module.startswith("scalable_hrank."):
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        return cls
+    from scalable_hrank.estimators import resume_state_classes
+
+    for cls in resume_state_classes():
+        if f"{cls.__module__}:{cls.__qualname__}" == name:
+            return cls
+    msg = (f"checkpoint {path} holds a dataclass {name} from outside scalable_hrank that no "
+           "registered estimator declares as its resume state; refusing to rebuild it")
+    raise CheckpointError(msg, path=path, reason="content")
+
+
 def _decode(obj: Any, path: Path) -> Any:
     if isinstance(obj, dict):
         if _TAG_GENERATOR in obj:
@@ -190,14 +213,7 @@ def _decode(obj: Any, path: Path) -> Any:
         if _TAG_DEVICE in obj:
             return torch.device(obj[_TAG_DEVICE])
         if _TAG_DATACLASS in obj:
-            module, _, qualname = obj[_TAG_DATACLASS].partition(":")
-            if not (module == "scalable_hrank" or module.startswith("scalable_hrank.")):
-                msg = (f"checkpoint {path} holds a dataclass {module}:{qualname} from outside "
-                       "scalable_hrank; refusing to rebuild it")
-                raise CheckpointError(msg, path=path, reason="content")
-            cls: Any = importlib.import_module(module)
-            for part in qualname.split("."):
-                cls = getattr(cls, part)
+            cls = _dataclass_named(obj[_TAG_DATACLASS], path)
             fields = {k: _decode(v, path) for k, v in obj["fields"].items()}
             return cls(**fields)
         return {k: _decode(v, path) for k, v in obj.items()}

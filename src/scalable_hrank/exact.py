@@ -11,24 +11,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scalable_hrank.operators import CurvatureOperator, parameter_space
+from scalable_hrank.operators import CurvatureOperator, kind_spec, parameter_space
 from scalable_hrank.operators.losses import LossFn
-from scalable_hrank.planner import DENSE_COPIES
 from scalable_hrank.result import RankResult, find_gap, rank_curve
 from scalable_hrank.threshold import check_thresholds, resolve_threshold
 
 #: Default cap on the memory the dense eigendecomposition may take (bytes).
 DEFAULT_DENSE_MEMORY = 4 * 2**30
+#: n x n float64 matrices alive at the peak of the dense path per matrix (the matrix,
+#: ``m - m.T``, ``m + m.T``, its half, and the eigensolver's copy).
+DENSE_COPIES = 5
+
+
+def _with_scale_kinds(kinds: Sequence[str]) -> list[str]:
+    """``kinds`` and the kinds whose sigma_max scales their thresholds, without repeats."""
+    return sorted({*kinds, *(kind_spec(k).scale_kind for k in kinds)})
 
 
 def dense_memory_bytes(n: int, kinds: Sequence[str]) -> int:
     """Bytes for the dense path: ``DENSE_COPIES`` float64 n x n matrices per matrix.
 
-    Those are the matrix, its transpose sums and the eigensolver's copy (the memory
-    planner's count). The matrices are those of ``kinds`` plus H_L, whose sigma_max is the
-    threshold's scale.
+    Those are the matrix, its transpose sums and the eigensolver's copy. The matrices are
+    those of ``kinds`` plus their scale kinds (H_L for the built-in kinds), whose sigma_max
+    is the threshold's scale.
     """
-    return DENSE_COPIES * 8 * n * n * len({"loss", *kinds})
+    return DENSE_COPIES * 8 * n * n * len(_with_scale_kinds(kinds))
 
 
 def model_copy(model: nn.Module, dtype: torch.dtype,
@@ -87,7 +94,7 @@ class _DenseCache:
         space, _ = parameter_space(model, params)
         need = dense_memory_bytes(space.size, kinds)
         if need > max_memory_bytes:
-            msg = (f"the dense path ({', '.join(sorted({'loss', *kinds}))}) for "
+            msg = (f"the dense path ({', '.join(_with_scale_kinds(kinds))}) for "
                    f"P={space.size} parameters needs about {need / 2**30:.1f} GiB (limit "
                    f"{max_memory_bytes / 2**30:.1f} GiB); use estimate_rank, select fewer "
                    "params, or raise max_memory_bytes")
@@ -112,10 +119,11 @@ def _rank_from_dense(dense: _DenseCache, kind: str, rtol: float | None,
     built = kind in dense._eig
     vals, asym, matvecs, device = dense.eig(kind)
     spent = 0 if built else matvecs
-    if "loss" not in dense._eig:
-        spent += dense.eig("loss")[2]
-    loss_vals = dense.eig("loss")[0]
-    scale = float(loss_vals.abs().max()) if loss_vals.numel() else 0.0
+    scale_kind = kind_spec(kind).scale_kind
+    if scale_kind not in dense._eig:
+        spent += dense.eig(scale_kind)[2]
+    scale_vals = dense.eig(scale_kind)[0]
+    scale = float(scale_vals.abs().max()) if scale_vals.numel() else 0.0
     n = vals.numel()
     tol = resolve_threshold(scale, n, torch.float64, rtol, atol)
     mags = vals.abs()

@@ -118,7 +118,6 @@ RANK_DEFAULTS: dict[str, Any] = {
     # the hf task is ``model_task`` here: ``task`` is the task index of a sweep
     **{("model_task" if k == "task" else k): None for k in MODEL_OPTION_KEYS},
 }
-_KINDS = ("loss", "outer", "functional")
 _ALIASES = {"d": "input_dim", "K": "output_dim", "N": "num_samples", "samples": "num_samples",
             "activations": "activation", "widths": "width", "depths": "depth",
             "losses": "loss", "kinds": "kind", "methods": "method", "seeds": "seed",

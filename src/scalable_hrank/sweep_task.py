@@ -21,6 +21,7 @@ from scalable_hrank.checkpoint import (
     PreemptionHandler,
     fingerprint,
 )
+from scalable_hrank.operators import kind_names
 from scalable_hrank.sweep import (
     DEFAULTS,
     RANK_DEFAULTS,
@@ -33,7 +34,6 @@ __all__ = ["run_task"]
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("loss", "outer", "functional")
 
 
 @dataclass
@@ -168,7 +168,7 @@ def run_task(settings: Mapping[str, Any], out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"task": index, "sweep": s.get("sweep"), "settings": dict(settings)}
-    kinds = list(_KINDS) if s["kind"] == "all" else [s["kind"]]
+    kinds = list(kind_names()) if s["kind"] == "all" else [s["kind"]]
     savers: list[CheckpointSaver] = []
     t0 = time.perf_counter()
     try:

@@ -21,13 +21,13 @@ from typing import Any
 
 from scalable_hrank._io import atomic_write_text
 from scalable_hrank.errors import InputError
+from scalable_hrank.operators import kind_names
 from scalable_hrank.result import RankResult
 
 #: Result columns of every row, in this order (the settings follow).
 COLUMNS = ("task", "status", "block", "kind", "n", "rank", "rank_low", "rank_high", "guarantee",
            "certified", "confidence", "method", "matvecs", "seconds", "bound", "bound_reason",
            "tol", "exact_rank", "wall_seconds", "error")
-_KINDS = ("loss", "outer", "functional")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def _rows(index: int, rec: dict[str, Any] | None, settings: dict[str, Any]
                                      if rec.get("result") else {})
     if not results:
         kind = settings.get("kind")
-        results = {k: {} for k in (_KINDS if kind == "all" else (kind or "",))}
+        results = {k: {} for k in (kind_names() if kind == "all" else (kind or "",))}
     extra = {(f"setting_{k}" if k in COLUMNS else k): v for k, v in settings.items()
              if k not in ("task", "sweep", "block")}
     rows = []

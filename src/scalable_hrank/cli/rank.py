@@ -37,11 +37,11 @@ from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerp
 from scalable_hrank.distributed.env import World
 from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
 from scalable_hrank.errors import InputError
-from scalable_hrank.linalg.krylov_rank import certificate_steps_for
+from scalable_hrank.estimators import estimator, method_names
 from scalable_hrank.models.problem import MODEL_OPTION_KEYS, add_model_arguments
-from scalable_hrank.operators import KINDS
+from scalable_hrank.operators import kind_names
 from scalable_hrank.preemption import Preempted, PreemptionHandler
-from scalable_hrank.rank import METHODS, estimate_rank
+from scalable_hrank.rank import estimate_rank
 from scalable_hrank.result import RankResult
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--params", action="append",
                    help="parameter name globs, comma-separated or repeated "
                         "(e.g. 'encoder.layer.5.*'); default all")
-    p.add_argument("--kind", choices=[*KINDS, "all"], help="default loss")
-    p.add_argument("--method", choices=METHODS, help="default auto")
+    p.add_argument("--kind", choices=[*kind_names(), "all"], help="default loss")
+    p.add_argument("--method", choices=method_names(), help="default auto")
     p.add_argument("--rtol", type=float, help="threshold relative to sigma_max(H_L)")
     p.add_argument("--atol", type=float, help="absolute threshold")
     p.add_argument("--seed", type=int, help="default 0")
@@ -196,15 +196,14 @@ def provenance(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _expected_products(method: str, n: int, budget: int | None) -> int | None:
-    """Total of a progress bar: the budget, else an upper bound where one is known."""
+def _expected_products(method: str, n: int, block_size: int,
+                       budget: int | None) -> int | None:
+    """Total of a progress bar: the budget, else the method's bound where one is known."""
     if budget:
         return int(budget)
-    if method == "exact":
-        return n
-    if method in ("sketch", "lanczos"):
-        return n + certificate_steps_for(n)
-    return None
+    if method == "auto":
+        return None
+    return estimator(method).max_products(n, block_size)
 
 
 def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selected: Any,
@@ -215,7 +214,7 @@ def _solve(s: dict[str, Any], kind: str, model: Any, loss: Any, data: Any, selec
     method = str(s["method"])
     budget = s.get("max_matvecs")
     bar = ProductBar(bool(s["progress"]), f"{kind} {method}",
-                     _expected_products(method, n, budget))
+                     _expected_products(method, n, int(s["block_size"]), budget))
     progress = bar.update if s["progress"] else None
     on_block = ckpt.on_block(progress) if ckpt is not None else progress
     try:
@@ -280,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     if dtype is None:
         msg = f"dtype must be one of {sorted(_DTYPES)}; got {s['dtype']!r}"
         raise InputError(msg)
-    kinds = list(KINDS) if s["kind"] == "all" else [s["kind"]]
+    kinds = list(kind_names()) if s["kind"] == "all" else [s["kind"]]
     _check_outputs(s, kinds)
     s["threads"] = configure_threads(s.get("threads"))
     device = resolve_device(s.get("device"))

@@ -14,7 +14,6 @@ finished, its result: a pre-empted ``--kind all`` does not recompute the kinds i
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from scalable_hrank.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from scalable_hrank.cli.progress import products_done
+from scalable_hrank.estimators import resume_entry
 from scalable_hrank.preemption import CheckpointSaver, Preempted, PreemptionHandler
 from scalable_hrank.result import RankResult
 
@@ -32,24 +32,19 @@ FINGERPRINT_KEYS = ("loss", "params", "method", "rtol", "atol", "seed", "dtype",
                     "probes", "parts_bound", "world")
 
 
-#: Tensors of a Krylov state that live on the compute device (the rest stays on the CPU).
-_DEVICE_FIELDS = ("projected", "pending", "coupling")
-
-
 def state_to_device(state: Any, device: torch.device | str) -> Any:
     """A loaded solver state with its device tensors on ``device`` (checkpoints load on CPU).
 
     The fingerprint leaves the device out, so a run saved on a GPU resumes on a CPU and back.
-    Krylov states move their basis panels, projected matrix, pending block and coupling (the
-    generator state stays on the CPU); other states are returned as they are (the SLQ state
-    moves its own vectors when it is restored).
+    The estimator whose ``resume_state`` the state is (the registry,
+    :mod:`scalable_hrank.estimators`) moves it with its ``state_to_device`` (Krylov states:
+    basis panels, projected matrix, pending block and coupling); states of estimators without
+    one are returned as they are (the SLQ state moves its own vectors when it is restored).
     """
-    if not dataclasses.is_dataclass(state) or not hasattr(state, "panels"):
+    entry = resume_entry(state)
+    if entry is None or entry.state_to_device is None:
         return state
-    moved: dict[str, Any] = {name: getattr(state, name).to(device) for name in _DEVICE_FIELDS
-                             if isinstance(getattr(state, name, None), torch.Tensor)}
-    moved["panels"] = [p.to(device) for p in state.panels]
-    return dataclasses.replace(state, **moved)
+    return entry.state_to_device(state, device)
 
 
 def kind_path(checkpoint: str | Path, kind: str, all_kinds: bool) -> Path:

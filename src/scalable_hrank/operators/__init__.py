@@ -7,6 +7,13 @@ from scalable_hrank.operators.curvature import (
     curvature_operator,
 )
 from scalable_hrank.operators.gram import OutputGramOperator
+from scalable_hrank.operators.kinds import (
+    KindSpec,
+    kind_names,
+    kind_spec,
+    register_kind,
+    unregister_kind,
+)
 from scalable_hrank.operators.losses import LOSSES
 from scalable_hrank.operators.params import ParameterSpace, match_parameters, parameter_space
 
@@ -14,10 +21,15 @@ __all__ = [
     "KINDS",
     "LOSSES",
     "CurvatureOperator",
+    "KindSpec",
     "OutputGramOperator",
     "ParameterSpace",
     "check_eval_mode",
     "curvature_operator",
+    "kind_names",
+    "kind_spec",
     "match_parameters",
     "parameter_space",
+    "register_kind",
+    "unregister_kind",
 ]

@@ -12,23 +12,21 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from scalable_hrank._validation import check_choice
 from scalable_hrank.errors import NonFiniteError
 from scalable_hrank.operators.batches import Batch, BatchSource, call_model
-from scalable_hrank.operators.losses import LossFn, check_targets, resolve_loss
+from scalable_hrank.operators.kinds import KINDS, KindSpec, kind_spec
+from scalable_hrank.operators.losses import LOSSES, LossFn, check_targets, resolve_loss
 from scalable_hrank.operators.outputs import differentiable_attention, model_outputs
 from scalable_hrank.operators.params import ParameterSpace, parameter_space
-from scalable_hrank.operators.products import FACTORIES, MatVec, Params
+from scalable_hrank.operators.products import MatVec, Params
 
 log = logging.getLogger(__name__)
 
-#: "loss" = H_L (Hessian of the loss), "outer" = H_O (Gauss-Newton), "functional" = H_F.
-KINDS = ("loss", "outer", "functional")
-
 #: Blocks run one column at a time from this many parameters on, by device type (others:
-#: one vmap over the whole block). On CPUs a vmapped block is no faster per product than a
-#: loop for large models and holds k copies of every intermediate; below 2^17 parameters one
-#: vmap is 2-10x cheaper per product (call overhead dominates). docs/benchmarks.md.
+#: one vmap over the whole block). A vmapped block holds k copies of every intermediate; below
+#: the threshold it saves the per-column call overhead, which dominates for small models;
+#: above it the vmapped block is slower per product on CPUs (docs/benchmarks.md, "HVP cost":
+#: ours_vmap_block against ours_block).
 COLUMN_LOOP_MIN_SIZE: dict[str, int] = {"cpu": 2**17}
 
 
@@ -60,7 +58,8 @@ def as_block(block: Tensor, size: int) -> tuple[Tensor, bool]:
     return mat, vector
 
 
-def _distributed() -> bool:
+def distributed_run() -> bool:
+    """Whether torch.distributed is initialized (products are then all-reduced)."""
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -77,13 +76,27 @@ class CurvatureOperator:
         loss: "mse", "cross_entropy", "logcosh" or a callable ``loss(outputs, targets)`` that
             averages over the batch (its output-space Hessian comes from autograd).
         data: An (inputs, targets) pair or an iterable of pairs.
-        kind: "loss" (H_L), "outer" (H_O = sum J^T Q J) or "functional" (H_F = H_L - H_O,
-            computed directly as the Hessian of the residual-weighted outputs).
+        kind: "loss" (H_L), "outer" (H_O = sum J^T Q J), "functional" (H_F = H_L - H_O,
+            computed directly as the Hessian of the residual-weighted outputs), or another
+            kind registered with :func:`scalable_hrank.operators.kinds.register_kind`.
         params: None (all trainable), name globs, or a list of the model's parameters.
         cache: Keep each batch's graph across products (faster; memory per batch about
             the activations plus one backward's intermediates).
 
-    Cost of ``op @ V`` with V (P, k): k products, each 1.6-2 gradients per batch when cached.
+    Cost of ``op @ V`` with V (P, k): k products per batch; with ``cache`` each is a reverse
+    sweep through the batch's cached graph (its cost against a gradient: docs/benchmarks.md).
+
+    Attributes:
+        kind: The kind's name; ``spec`` its :class:`~scalable_hrank.operators.kinds.KindSpec`.
+        loss_name: The loss's name (a callable's ``__name__``); ``loss_fn`` the function.
+        builtin_loss: The built-in loss's name, or None for a user callable.
+        model: The network; ``space`` (:class:`ParameterSpace`) the selected parameters and
+            ``theta`` their current values (per-parameter tensors).
+        batches: The data as a :class:`~scalable_hrank.operators.batches.BatchSource`
+            (iterable of batches; this process's shard under torch.distributed).
+        num_samples: N, the samples over all batches (and processes).
+        dtype, device, shape: Of the operator (``shape == (P, P)``).
+        matvecs: Products taken so far (a block of k counts k).
 
     Raises:
         ValueError: Unknown kind/loss, training-mode dropout/batch-norm, empty data, targets
@@ -94,16 +107,18 @@ class CurvatureOperator:
     def __init__(self, model: nn.Module, loss: str | LossFn, data: Any, kind: str = "loss", *,
                  params: None | Sequence[str] | Sequence[nn.Parameter] = None,
                  cache: bool = True) -> None:
-        self.kind = check_choice("kind", kind, KINDS)
-        self.loss_name, self._loss_fn = resolve_loss(loss)
+        self.spec: KindSpec = kind_spec(kind)
+        self.kind = self.spec.name
+        self.loss_name, self.loss_fn = resolve_loss(loss)
+        self.builtin_loss = None if callable(loss) else self.loss_name
         check_eval_mode(model)
         self.model = model
         self.space, self.theta = parameter_space(model, params)
         self.dtype, self.device = self.space.dtype, self.space.device
         self.shape = (self.space.size, self.space.size)
-        self._batches = BatchSource(data, self.dtype, self.device)
-        n_samples = torch.tensor(float(self._batches.num_samples))
-        if _distributed():
+        self.batches = BatchSource(data, self.dtype, self.device)
+        n_samples = torch.tensor(float(self.batches.num_samples))
+        if distributed_run():
             torch.distributed.all_reduce(n_samples)
         self.num_samples = int(n_samples.item())
         self.cache = cache
@@ -118,7 +133,16 @@ class CurvatureOperator:
         return self.space.size
 
     # -- per batch ---------------------------------------------------------------------------
-    def _forward(self, batch: Batch) -> Callable[[Params], Tensor]:
+    def first_batch(self) -> Batch:
+        """This process's first batch (the one the memory planner measures)."""
+        return next(iter(self.batches))
+
+    def forward(self, batch: Batch) -> Callable[[Params], Tensor]:
+        """``theta -> outputs`` of ``batch`` (per-parameter tuple in ``space.names`` order).
+
+        The closure the product factories differentiate; attention runs on a twice
+        differentiable kernel. Cost: one forward per call.
+        """
         fixed, names, model = self.space.fixed, self.space.names, self.model
 
         def forward(theta: Params) -> Tensor:
@@ -130,7 +154,7 @@ class CurvatureOperator:
 
     def _check_first_batch(self) -> None:
         """Targets fit, loss finite, every selected parameter reached (one gradient)."""
-        batch = next(iter(self._batches))
+        batch = self.first_batch()
         leaves = [t.detach().clone().requires_grad_(True) for t in
                   self.space.unflatten(self.theta).values()]
         params = dict(zip(self.space.names, leaves, strict=True))
@@ -138,9 +162,9 @@ class CurvatureOperator:
             with differentiable_attention():
                 out = model_outputs(call_model(self.model, {**self.space.fixed, **params},
                                                batch.inputs))
-            if self.loss_name in ("mse", "cross_entropy", "logcosh"):
-                check_targets(self.loss_name, out, batch.targets)
-            value = self._loss_fn(out, batch.targets)
+            if self.builtin_loss in LOSSES:
+                check_targets(self.builtin_loss, out, batch.targets)
+            value = self.loss_fn(out, batch.targets)
             if value.dim() != 0:
                 msg = f"loss must return a scalar; got shape {tuple(value.shape)}"
                 raise ValueError(msg)
@@ -158,9 +182,8 @@ class CurvatureOperator:
         if batch.index in self._cached:
             return self._cached[batch.index]
         weight = batch.size / self.num_samples
-        mv, value = FACTORIES[self.kind](self.space.split(self.theta), self._forward(batch),
-                                         self._loss_fn,
-                                         batch.targets, weight)
+        mv, value = self.spec.product(self.space.split(self.theta), self.forward(batch),
+                                      self.loss_fn, batch.targets, weight)
         if not torch.isfinite(value):
             msg = f"loss is {value.item()} on batch {batch.index}"
             raise NonFiniteError(msg, num_matvecs=self.matvecs, batch=batch.index)
@@ -170,17 +193,18 @@ class CurvatureOperator:
 
     def _all_cached(self) -> bool:
         """Whether every batch's product closure is cached (no data pass needed)."""
-        return self.cache and len(self._cached) == len(self._batches.sizes)
+        return self.cache and len(self._cached) == len(self.batches.sizes)
 
     def _matvecs_per_batch(self) -> Iterator[tuple[int, MatVec]]:
         """(batch index, product closure) over the data; no data pass once all are cached."""
         if self._all_cached():
             yield from self._cached.items()
             return
-        for batch in self._batches:
+        for batch in self.batches:
             yield batch.index, self._batch_matvec(batch)
 
-    def _column_loop(self) -> bool:
+    def column_loop(self) -> bool:
+        """Whether blocks run one column at a time (policy by size, or vmap unsupported)."""
         min_size = COLUMN_LOOP_MIN_SIZE.get(self.device.type)
         return not self._use_vmap or (min_size is not None and self.size >= min_size)
 
@@ -258,19 +282,20 @@ class CurvatureOperator:
         # returns), one transposition for a row-major one
         cols = mat.to(device=self.device, dtype=self.dtype).T.contiguous()
         out: Tensor | None = None
-        if not self._column_loop():
+        if not self.column_loop():
             out = self._matmat_vmapped(cols)
-        if self._column_loop():  # by policy, or because vmap just failed
+        if self.column_loop():  # by policy, or because vmap just failed
             out = self._matmat_columns(cols)
         out = torch.zeros_like(cols) if out is None else out  # no batch on this process
         # one reduction (cheap); the elementwise check and the search only when it fails
         if not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
             raise self._non_finite_error(cols)
-        if _distributed():
+        if distributed_run():
             torch.distributed.all_reduce(out)
         self.matvecs += mat.shape[1]
         # column-major (P, k), no transposition: the solvers keep their bases column-major
-        # (a row-major basis times a column-major block takes a 3-10x slower matmul path)
+        # (a row-major basis times a column-major block takes a much slower matmul path;
+        # docs/benchmarks.md, "HVP cost")
         return out[0] if vector else out.T
 
     __matmul__ = matmat
@@ -334,4 +359,5 @@ def curvature_operator(model: nn.Module, loss: str | LossFn, data: Any, kind: st
     return CurvatureOperator(model, loss, data, kind, params=params, cache=cache)
 
 
-__all__ = ["KINDS", "CurvatureOperator", "ParameterSpace", "curvature_operator"]
+__all__ = ["KINDS", "CurvatureOperator", "ParameterSpace", "curvature_operator",
+           "distributed_run"]

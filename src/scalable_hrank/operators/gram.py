@@ -18,9 +18,9 @@ import math
 import torch
 from torch import Tensor
 
-from scalable_hrank.operators.curvature import CurvatureOperator, _distributed, as_block
+from scalable_hrank.operators.curvature import CurvatureOperator, as_block, distributed_run
 from scalable_hrank.operators.losses import has_output_factor
-from scalable_hrank.operators.products import Params, output_factor_maps
+from scalable_hrank.operators.products import Params
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,11 @@ class OutputGramOperator:
     column in flight.
 
     Args:
-        op: A :class:`CurvatureOperator` of kind "outer".
+        op: A :class:`CurvatureOperator` whose kind has an ``output_factor`` (of the
+            built-in kinds, "outer").
 
     Raises:
-        ValueError: ``op`` is not of kind "outer", its loss is a user callable (no
+        ValueError: ``op``'s kind has no output factor, its loss is a user callable (no
             closed-form factor of Q), or torch.distributed is initialized (the outputs
             would be spread over processes).
     """
@@ -51,10 +52,10 @@ class OutputGramOperator:
         self.op = op
         self.dtype, self.device = op.dtype, op.device
         self._maps = []
-        for batch in op._batches:
-            maps = output_factor_maps(op.space.split(op.theta), op._forward(batch),
-                                      op._loss_fn, batch.targets,
-                                      batch.size / op.num_samples)
+        for batch in op.batches:
+            maps = op.spec.output_factor(op.space.split(op.theta), op.forward(batch),
+                                         op.loss_fn, batch.targets,
+                                         batch.size / op.num_samples)
             if maps is None:  # unavailable_reason checks the loss first
                 raise ValueError(unavailable_reason(op))
             self._maps.append(maps)
@@ -78,7 +79,7 @@ class OutputGramOperator:
         mat, vector = as_block(block, self.size)
         mat = mat.to(device=self.device, dtype=self.dtype)
         out = None
-        if not self.op._column_loop():  # the operator's policy: one vmap over the block
+        if not self.op.column_loop():  # the operator's policy: one vmap over the block
             try:
                 out = torch.func.vmap(self._apply, in_dims=1, out_dims=1)(mat)
             except (RuntimeError, NotImplementedError) as exc:
@@ -101,11 +102,12 @@ class OutputGramOperator:
 
 def unavailable_reason(op: CurvatureOperator) -> str | None:
     """Why ``op`` has no output-space Gram operator, or None when it has one."""
-    if op.kind != "outer":
-        return f"the output-space Gram matrix is H_O's; got an operator of kind {op.kind!r}"
-    if not has_output_factor(op._loss_fn):
+    if op.spec.output_factor is None:
+        return (f"the output-space Gram matrix is H_O's (a kind with an output-space factor); "
+                f"got an operator of kind {op.kind!r}")
+    if not has_output_factor(op.loss_fn):
         return (f"loss {op.loss_name!r} has no closed-form factor of its output Hessian; "
                 "the output-space Gram matrix needs mse, cross_entropy or logcosh")
-    if _distributed():
+    if distributed_run():
         return "the output-space Gram matrix is not supported under torch.distributed"
     return None

@@ -7,10 +7,12 @@ batch weight ``w = N_b / N``, and returns ``matvec(v) -> H_b v`` on tuples shape
 caller sums the batches into one flat buffer).
 
 Caching: the returned closures hold the graph of the batch (forward + first backward), so
-repeated products cost reverse sweeps through that graph (reverse-over-reverse): 1.6x a
-gradient on a 930k-parameter MLP and 1.9-2.0x on MiniLM, against 2.6-3.2x with
-``cache=False`` (docs/benchmarks.md). Memory per batch: the activations plus the first
+repeated products cost one reverse sweep through that graph each (reverse-over-reverse)
+instead of a forward and two backward sweeps with ``cache=False``; their cost against a
+gradient is measured in docs/benchmarks.md. Memory per batch: the activations plus the first
 backward's intermediates.
+
+Which factory serves which kind is the kind's spec (operators/kinds.py).
 
 Forwards: the caller's ``forward`` returns the output tensor and runs attention on a
 twice-differentiable kernel (``operators.outputs``); a kernel without a double derivative is
@@ -151,9 +153,3 @@ def output_factor_maps(theta: Params, forward: Forward, loss_fn: LossFn, targets
     return (_without_graph(lambda v: lt(jac(v)) * root),
             _without_graph(lambda u: jt(ell(u) * root)), outputs)
 
-
-FACTORIES: dict[str, Callable[..., tuple[MatVec, Tensor]]] = {
-    "loss": loss_hessian_matvec,
-    "outer": outer_hessian_matvec,
-    "functional": functional_hessian_matvec,
-}
