@@ -54,3 +54,27 @@ def test_interrupted_several_times_resumes_to_the_same_answer(tmp_path, method, 
         assert (res.rank_low, res.rank_high) == (full.rank_low, full.rank_high)
     else:
         assert res.eigenvalues == full.eigenvalues
+
+
+@pytest.mark.parametrize("method", ["sketch", "density"])
+def test_auto_resumes_the_method_that_saved_the_state(method) -> None:
+    """auto would take the dense reference here (n = 102); a saved state keeps its method."""
+    model, data = mlp((8, 6, 6, 3), seed=1), gaussian(12, 8, 3, seed=2)
+    kw = {"seed": 5, "density": {"num_probes": 2}, "max_matvecs": 600}
+    full = hr.estimate_rank(model, "mse", data, "functional", method=method, **kw)
+    saved = []
+
+    def stop_at_second_block(state):
+        if len(saved) == 1:
+            raise Interrupted
+        saved.append(state.snapshot())
+
+    with pytest.raises(Interrupted):
+        hr.estimate_rank(model, "mse", data, "functional", method=method, **kw,
+                         on_block=stop_at_second_block)
+    res = hr.estimate_rank(model, "mse", data, "functional", method="auto", **kw,
+                           resume_state=saved[0])
+    assert res.method == method
+    assert any("resuming the saved" in note for note in res.notes)
+    assert (res.rank, res.rank_low, res.rank_high) == (full.rank, full.rank_low, full.rank_high)
+    assert res.eigenvalues == full.eigenvalues

@@ -25,6 +25,7 @@ from scalable_hrank.estimators import (
     RankRequest,
     estimator,
     method_names,
+    resume_entry,
     spectral_scale,
 )
 from scalable_hrank.estimators.density import (
@@ -87,7 +88,9 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
         cache: Keep per-batch graphs across products (see ``CurvatureOperator``).
         on_block: Called with the solver state after every Krylov block, or every few SLQ
             steps for "density" (checkpointing: save ``state.snapshot()``).
-        resume_state: A state saved from ``on_block`` to resume from (same result).
+        resume_state: A state saved from ``on_block`` to resume from (same result). With
+            ``method="auto"`` the run goes on with the method that saved it, whatever the
+            memory budget would choose now.
         density: Options of the "density" method (``num_probes``, ``num_deflate``,
             ``confidence``, ``output_space``; see :func:`scalable_hrank.density.density_rank`),
             and ``bound_from_parts``: when the H_L count is infeasible, also count H_O and
@@ -116,6 +119,13 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
     op = CurvatureOperator(model_c, loss, data, kind, params=params_c, cache=cache)
     first = op.first_batch()
     options = dict(density or {})
+    notes: list[str] = []
+    resumed = resume_entry(resume_state) if method == "auto" else None
+    if resumed is not None:
+        # a resumed run goes on with the method that saved the state, whatever the memory now
+        method = resumed.name
+        block_size = getattr(resume_state, "block_size", block_size)
+        notes.append(f"auto: resuming the saved {method} state")
     chosen = plan(model_c, op.size, (first.inputs, first.targets), method, dtype=op.dtype,
                   device=op.device, memory_bytes=memory_bytes, block_size=block_size,
                   exact_max_n=AUTO_EXACT_MAX_N,
@@ -123,7 +133,6 @@ def estimate_rank(model: nn.Module, loss: str | LossFn, data: Any, kind: str = "
                   deflation=options.get("num_deflate", DEFAULT_DEFLATE),
                   density_matvecs=max_matvecs or DEFAULT_DENSITY_MATVECS,
                   )  # raises PlanError (numbers, fixes) if no fit
-    notes: list[str] = []
     if method == "auto":
         method = chosen.method
         block_size = chosen.block_size  # the width the plan fitted

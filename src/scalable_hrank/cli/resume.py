@@ -6,6 +6,8 @@ seed, the dtype and the solver options that shape its state (block size, probes;
 basis sharded over processes, this process's rank and the process count). It leaves
 out where the checkpoint lives, how often it is saved, the device, the memory budget and the
 product budget, so that moving a run, giving it a GPU or a larger ``--max-matvecs`` resumes it.
+With ``--method auto`` a saved state keeps the method that saved it, so a run resumed under
+another memory budget goes on with the method it started with.
 
 One file per kind (``CKPT`` for one kind, ``CKPT.<kind>`` for ``--kind all``) holds either a
 solver state (a run under way, or one that stopped at its product budget) or, once the kind is
