@@ -7,7 +7,13 @@ Pure linear algebra: nothing here knows about networks, operators or processes b
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.block_krylov import KrylovState
 from scalable_hrank.linalg.counting import DensityRank, rademacher, smooth_step, steps_for_kappa
-from scalable_hrank.linalg.eigen import EigenPairs, SpectralNorm, eigenpairs, spectral_norm
+from scalable_hrank.linalg.eigen import (
+    EigenPairs,
+    SpectralNorm,
+    deflation_shift,
+    eigenpairs,
+    spectral_norm,
+)
 from scalable_hrank.linalg.krylov_rank import KrylovRank, deflated_norm, krylov_rank
 from scalable_hrank.linalg.lanczos import (
     BlockLanczosDecomposition,
@@ -35,6 +41,7 @@ __all__ = [
     "SpectralNorm",
     "block_lanczos",
     "deflated_norm",
+    "deflation_shift",
     "eigenpairs",
     "inner",
     "krylov_rank",
