@@ -58,6 +58,13 @@ _TAG_GENERATOR = "__torch_generator__"
 _TAG_DATACLASS = "__dataclass__"
 _TAG_DTYPE = "__torch_dtype__"
 _TAG_DEVICE = "__torch_device__"
+#: Dataclasses that moved since a checkpoint may have been written: old name -> new name.
+_MOVED = {
+    "scalable_hrank.linalg.block_krylov:KrylovState":
+        "scalable_hrank.linalg.decomp.block:KrylovState",
+    "scalable_hrank.linalg.probe_lanczos:ProbeLanczos":
+        "scalable_hrank.linalg.decomp.lockstep:ProbeLanczos",
+}
 
 
 class CheckpointError(HRankError):
@@ -190,7 +197,8 @@ def _decode(obj: Any, path: Path) -> Any:
         if _TAG_DEVICE in obj:
             return torch.device(obj[_TAG_DEVICE])
         if _TAG_DATACLASS in obj:
-            module, _, qualname = obj[_TAG_DATACLASS].partition(":")
+            name = _MOVED.get(obj[_TAG_DATACLASS], obj[_TAG_DATACLASS])
+            module, _, qualname = name.partition(":")
             if not (module == "scalable_hrank" or module.startswith("scalable_hrank.")):
                 msg = (f"checkpoint {path} holds a dataclass {module}:{qualname} from outside "
                        "scalable_hrank; refusing to rebuild it")

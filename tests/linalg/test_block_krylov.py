@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from scalable_hrank.linalg import block_krylov as engine
+from scalable_hrank.linalg import decomp as engine
+from scalable_hrank.linalg.decomp import block  # its module constants are patched
 from scalable_hrank.linalg.krylov_rank import deflated_norm, krylov_rank
 from scalable_hrank.linalg.lanczos import lanczos, largest_ritz_magnitudes, ritz_pairs
 
@@ -25,14 +26,14 @@ def _gen(seed=0):
 @pytest.fixture
 def small_panels(monkeypatch):
     """Panels of 16 vectors, so that a basis of a few dozen spans several of them."""
-    monkeypatch.setattr(engine, "PANEL_ROWS", 16)
+    monkeypatch.setattr(block, "PANEL_ROWS", 16)
 
 
 @pytest.fixture
 def always_widen(monkeypatch):
     """Widen from 24 basis vectors on, whatever the size (the default waits for big bases)."""
-    monkeypatch.setattr(engine, "WIDEN_FROM", 24)
-    monkeypatch.setattr(engine, "WIDEN_ELEMENTS", 0)
+    monkeypatch.setattr(block, "WIDEN_FROM", 24)
+    monkeypatch.setattr(block, "WIDEN_ELEMENTS", 0)
 
 
 def _tol(state):

@@ -5,8 +5,8 @@ Pure linear algebra: nothing here knows about networks, operators or processes b
 """
 
 from scalable_hrank.linalg._types import MatMat, Reduce
-from scalable_hrank.linalg.block_krylov import KrylovState
 from scalable_hrank.linalg.counting import DensityRank, rademacher, smooth_step, steps_for_kappa
+from scalable_hrank.linalg.decomp import KrylovState
 from scalable_hrank.linalg.eigen import (
     EigenPairs,
     SpectralNorm,

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from scalable_hrank._validation import check_choice, check_positive_int, check_tolerance
 from scalable_hrank.errors import NotConvergedError
-from scalable_hrank.linalg import block_krylov as _engine
+from scalable_hrank.linalg import decomp as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.lanczos import lanczos, ritz_pairs
 

@@ -1,6 +1,6 @@
 """Certified numerical rank by adaptive randomized block Krylov and Rayleigh-Ritz counting.
 
-The estimator on top of the block Krylov decomposition (:mod:`.block_krylov`; the guarantees
+The estimator on top of the block Krylov decomposition (:mod:`.decomp.block`; the guarantees
 are stated in docs/theory.md#estimator-guarantees): grow a block Krylov basis Q from a
 Gaussian start block with full reorthogonalization; count the Ritz values of B = Q^T A Q with
 ``|theta| > tau``. In the basis [Q, Q_perp], ``A = [[B, R^T], [R, C]]`` with R the Krylov
@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int, check_tolerance
-from scalable_hrank.linalg import block_krylov as _engine
+from scalable_hrank.linalg import decomp as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
-from scalable_hrank.linalg.block_krylov import KrylovState
+from scalable_hrank.linalg.decomp import KrylovState
 from scalable_hrank.linalg.lanczos import largest_ritz_magnitudes
 from scalable_hrank.linalg.orth import Basis, inner, panels_of, project_out
 from scalable_hrank.threshold import default_rtol
@@ -89,7 +89,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     """Bytes :func:`krylov_rank` holds at its peak for a rank-``rank`` operator of size n.
 
     The basis of about ``rank + 2 b_last + b`` vectors (b_last the final block width, from
-    :func:`~.block_krylov.target_width`) as its storage panels allocate it, plus
+    :func:`~.decomp.target_width`) as its storage panels allocate it, plus
     :data:`WORKSPACE_BLOCKS` blocks of width b_last, plus the float64 projected matrix and
     its eigenvalue workspace (3 m^2 numbers). Not counted: the operator's own memory.
 
@@ -227,7 +227,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             neither is given: :func:`scalable_hrank.threshold.default_rtol` of ``dtype``.
         block_size: Block width b (batch of products per call).
         max_block_size: Widest block the run grows to. Once the basis is large (see
-            :func:`~.block_krylov.target_width`), the pending block is topped up with fresh random
+            :func:`~.decomp.target_width`), the pending block is topped up with fresh random
             directions (orthogonal to the basis) to ``m / 8`` columns, up to this width, so
             that the orthogonalization, which dominates at ranks in the thousands, runs as
             matrix-matrix products; each added column costs one product. Only a block that

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int
-from scalable_hrank.linalg import block_krylov as _engine
+from scalable_hrank.linalg import decomp as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.orth import inner, project_out
 
@@ -254,7 +254,7 @@ def block_lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
                   reduce: Reduce = None) -> BlockLanczosDecomposition:
     """Block Lanczos with full reorthogonalization (block CGS2) from the start block ``v0``.
 
-    A thin wrapper over the engine in :mod:`.block_krylov` that runs it to the budget or to
+    A thin wrapper over the engine in :mod:`.decomp.block` that runs it to the budget or to
     breakdown and returns the decomposition.
 
     Each product with a block X (n, k) fills column block j of B = Q^T A Q in float64 and,

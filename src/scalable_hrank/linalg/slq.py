@@ -36,7 +36,7 @@ from scalable_hrank.linalg.counting import (
     smooth_step,
     steps_for_kappa,
 )
-from scalable_hrank.linalg.probe_lanczos import (
+from scalable_hrank.linalg.decomp import (
     ProbeLanczos,
     advance_probes,
     gauss_rules,
