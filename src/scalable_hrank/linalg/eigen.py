@@ -12,7 +12,6 @@ from scalable_hrank._validation import check_choice, check_positive_int, check_t
 from scalable_hrank.errors import NotConvergedError
 from scalable_hrank.linalg import decomp as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
-from scalable_hrank.linalg.lanczos import lanczos, ritz_pairs
 
 __all__ = ["EigenPairs", "SpectralNorm", "deflation_shift", "eigenpairs", "spectral_norm"]
 
@@ -208,8 +207,8 @@ def spectral_norm(matmat: MatMat, n: int, *, num_matvecs: int = 30,
     check_positive_int("n", n)
     check_positive_int("num_matvecs", num_matvecs)
     v0 = _engine.draw(n, 1, generator, dtype, device)
-    dec = lanczos(matmat, v0, num_matvecs=min(num_matvecs, n), reduce=reduce)
-    rp = ritz_pairs(dec)
+    dec = _engine.lanczos(matmat, v0, num_matvecs=min(num_matvecs, n), reduce=reduce)
+    rp = _engine.ritz_pairs(dec)
     i = int(torch.argmax(rp.values.abs()))
     est = float(rp.values[i].abs())
     return SpectralNorm(estimate=est, upper_bound=est + float(rp.residual_norms[i]),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -117,13 +117,7 @@ class SLQState:
 
     def snapshot(self) -> SLQState:
         """A deep copy (tensors cloned, lists copied) for ``torch.save``."""
-        lz = self.lanczos
-        return SLQState(
-            lanczos=replace(lz, v_prev=lz.v_prev.clone(), v=lz.v.clone(),
-                            beta_prev=lz.beta_prev.clone(), alphas=[a.clone() for a in lz.alphas],
-                            betas=[b.clone() for b in lz.betas], lengths=lz.lengths.clone(),
-                            active=lz.active.clone(), scale=lz.scale.clone()),
-            sq=self.sq.clone(), target=self.target)
+        return SLQState(lanczos=self.lanczos.snapshot(), sq=self.sq.clone(), target=self.target)
 
     def restore(self, *, dtype: torch.dtype, device: torch.device | str
                 ) -> tuple[ProbeLanczos, Tensor]:

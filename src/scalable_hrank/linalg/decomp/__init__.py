@@ -4,7 +4,7 @@ Two modes of the same recurrence on a ``matmat`` callable:
 
 - full reorthogonalization (:mod:`.block`): block Lanczos whose basis Q is kept, B = Q^T A Q
   filled from the products, dependent directions dropped with a rigorous residual bound; one
-  column per block is single-vector Lanczos. State: :class:`KrylovState`.
+  column per block is single-vector Lanczos (:func:`lanczos`). State: :class:`KrylovState`.
 - local reorthogonalization (:mod:`.lockstep`): m independent single-vector recurrences run as
   the columns of one block, no basis (two vectors per column), each against its two latest
   vectors only; the tridiagonals give Gauss quadrature rules and extreme Ritz values. State:
@@ -35,8 +35,15 @@ from scalable_hrank.linalg.decomp.lockstep import (
     ProbeLanczos,
     advance_probes,
     column_dots,
+    extreme_ritz,
     gauss_rules,
     start_probes,
+)
+from scalable_hrank.linalg.decomp.single import (
+    LanczosDecomposition,
+    RitzPairs,
+    lanczos,
+    ritz_pairs,
 )
 
 __all__ = [
@@ -44,17 +51,22 @@ __all__ = [
     "WIDEN_ELEMENTS",
     "WIDEN_FROM",
     "KrylovState",
+    "LanczosDecomposition",
     "ProbeLanczos",
+    "RitzPairs",
     "advance_probes",
     "allocated_vectors",
     "asymmetry",
     "check_product",
     "column_dots",
     "draw",
+    "extreme_ritz",
     "gauss_rules",
     "init_state",
+    "lanczos",
     "refill",
     "residual_bound",
+    "ritz_pairs",
     "start_probes",
     "step",
     "target_width",
