@@ -4,7 +4,7 @@ A loose Ritz pair (residual r) leaves the off-diagonal block R = (I - Q Q^T) A Q
 deflated operator then lifts A's null directions to eigenvalues of size about
 ``||R||^2 / min|theta|``. At a threshold near the rounding level those land just above tau,
 close the gap SLQ settles in, and the k vs 0.75 k check never passes (the whole budget
-went, 16,000 products, on the case below).
+went, 16,000 products then, on the case below).
 """
 
 from __future__ import annotations
