@@ -112,19 +112,15 @@ def eigenpairs(matmat: MatMat, n: int, k: int, *, which: str = "LA", tol: float 
     check_positive_int("block_size", block_size)
     max_matvecs = n if max_matvecs is None else max_matvecs
     check_positive_int("max_matvecs", max_matvecs)
-    eps = torch.finfo(dtype).eps
     start = _engine.draw(n, min(block_size, n), generator, dtype, device)
     state = _engine.init_state(n, block_size, start, generator, reduce)
-
-    def drop_tol(scale: float, m: int) -> float:
-        return 16.0 * math.sqrt(m + 1) * eps * scale
 
     pairs = None
     while True:
         width = min(state.pending.shape[1], max_matvecs - state.num_matvecs, n - state.size)
         if width <= 0:
             break
-        _engine.step(state, matmat, reduce, width=width, drop_tol=drop_tol)
+        _engine.step(state, matmat, reduce, width=width, drop_tol=_engine.rounding_tol(dtype))
         pairs = _pairs(state, k, which, tol, shift_tol)
         if pairs.converged or state.size >= n:
             return pairs

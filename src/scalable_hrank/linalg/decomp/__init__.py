@@ -44,6 +44,7 @@ from scalable_hrank.linalg.decomp.single import (
     RitzPairs,
     lanczos,
     ritz_pairs,
+    rounding_tol,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "refill",
     "residual_bound",
     "ritz_pairs",
+    "rounding_tol",
     "start_probes",
     "step",
     "target_width",

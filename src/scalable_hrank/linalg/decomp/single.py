@@ -8,6 +8,7 @@ basis-free recurrence in :mod:`.lockstep` is for quadrature and extreme values o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +19,25 @@ from scalable_hrank.linalg._types import MatMat, Reduce
 from scalable_hrank.linalg.decomp import block
 from scalable_hrank.linalg.orth import inner
 
-__all__ = ["LanczosDecomposition", "RitzPairs", "lanczos", "ritz_pairs"]
+__all__ = ["LanczosDecomposition", "RitzPairs", "lanczos", "ritz_pairs", "rounding_tol"]
 
 F64 = torch.float64
+
+
+def rounding_tol(dtype: torch.dtype) -> Callable[[float, int], float]:
+    """The breakdown rule of the full-reorthogonalization mode, as :func:`.block.step` takes it.
+
+    A residual direction of norm at most ``16 sqrt(m + 1) eps scale`` (basis size m, largest
+    product column norm ``scale``) is rounding, not a new direction: it is dropped (and
+    counted in the residual bound). The lock-step mode's rule is the same comparison with
+    the largest tridiagonal coefficient (:func:`.lockstep.advance_probes`).
+    """
+    eps = torch.finfo(dtype).eps
+
+    def drop_tol(scale: float, m: int) -> float:
+        return 16.0 * math.sqrt(m + 1) * eps * scale
+
+    return drop_tol
 
 
 @dataclass(frozen=True)
@@ -72,8 +89,7 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
 
     Runs the block engine (:func:`.block.step`) one column at a time: each product fills a
     column of T, and the residual is orthogonalized against the whole basis twice; a
-    residual at rounding level (``16 sqrt(m + 1) eps`` times the largest product norm) is
-    a breakdown.
+    residual at rounding level (:func:`rounding_tol`) is a breakdown.
 
     Args:
         matmat: ``X (n, k) -> A X (n, k)``, same dtype and device as ``v0``.
@@ -99,14 +115,9 @@ def lanczos(matmat: MatMat, v0: Tensor, *, num_matvecs: int,
     if float(inner(v, v, reduce, dtype=F64)) == 0.0:
         msg = "v0 must be nonzero"
         raise ValueError(msg)
-    eps = torch.finfo(v.dtype).eps
     state = block.init_state(n, 1, v, torch.Generator(), reduce)  # never refilled
-
-    def drop_tol(scale: float, m: int) -> float:
-        return 16.0 * math.sqrt(m + 1) * eps * scale
-
     while state.num_matvecs < num_matvecs and state.pending.shape[1]:
-        block.step(state, matmat, reduce, width=1, drop_tol=drop_tol)
+        block.step(state, matmat, reduce, width=1, drop_tol=rounding_tol(v.dtype))
     t = state.projected.cpu()
     betas = torch.cat([torch.diagonal(t, 1), torch.tensor([block.residual_bound(state)],
                                                           dtype=F64)])
