@@ -94,7 +94,8 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         generator: CPU generator for deflation start block and probes.
         max_matvecs: Budget of the SLQ stage (default ``DEFAULT_DENSITY_MATVECS``).
         num_probes: Rademacher probes (relative sd about sqrt(2 / (probes * rank))).
-        num_deflate: Top-|lambda| eigenpairs removed first (shrinks lambda_max / gap).
+        num_deflate: Top-|lambda| eigenpairs removed first (shrinks lambda_max / gap); only
+            those accurate enough not to move the count at tau are kept (``_deflation``).
         confidence: Level of the probe part of [rank_low, rank_high].
         on_block: Called with the SLQ state every few Lanczos steps (checkpointing).
         resume_state: An SLQ state saved from ``on_block``: the run continues from it (the
