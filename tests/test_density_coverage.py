@@ -57,8 +57,9 @@ def test_interval_covers_truth_in_18_of_20_seeds(family: str) -> None:
 
 def test_shelf_under_a_large_gap_is_resolved_within_5_percent() -> None:
     # the case: 300 eigenvalues in [0.5, 1], 100 at 1.5 tau, tau = 1e-3, n = 2000:
-    # lambda_max / tau = 1000 needs about a hundred steps per probe, within the default budget
-    for seed in range(3):
+    # lambda_max / tau = 1000 needs about a hundred steps per probe, within the default budget;
+    # seed 19 is the worst of 20 at the former default of 12 probes (6.1 %), seed 1 at 16
+    for seed in (0, 1, 19):
         case = dc.shelf(n=2000, bulk=300, shelf_size=100, seed=seed)
         res = count(case, seed)
         assert res.guarantee == "estimate", res.notes

@@ -45,7 +45,7 @@ from scalable_hrank.theory import predict_rank_from_widths  # noqa: E402
 
 #: (label, function name, file suffix) rows of the profile table; cumulative seconds.
 PARTS = (
-    ("block step (product + projection + orthonormalization)", "step", "block_krylov.py"),
+    ("block step (product + projection + orthonormalization)", "step", "decomp/block.py"),
     ("orthonormalize (within-block + second pass)", "orthonormalize", "orth.py"),
     ("inner (Gram / projection coefficients)", "inner", "orth.py"),
     ("certificate (deflated-operator Lanczos)", "deflated_norm", "krylov_rank.py"),

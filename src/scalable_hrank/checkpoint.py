@@ -60,7 +60,6 @@ _TAG_DATACLASS = "__dataclass__"
 _TAG_DTYPE = "__torch_dtype__"
 _TAG_DEVICE = "__torch_device__"
 
-
 class CheckpointError(HRankError):
     """A checkpoint cannot be used: missing, truncated, corrupted, or for another problem.
 
@@ -184,9 +183,15 @@ def _dataclass_named(name: str, path: Path) -> Any:
     """
     module, _, qualname = name.partition(":")
     if module == "scalable_hrank" or module.startswith("scalable_hrank."):
-        cls: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
+        try:
+            cls: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError):
+            msg = (f"checkpoint {path} holds a solver state ({name}) of another version of "
+                   "scalable_hrank, which this version cannot continue: delete it to start "
+                   "afresh")
+            raise CheckpointError(msg, path=path, reason="content") from None
         return cls
     from scalable_hrank.estimators import resume_state_classes
 

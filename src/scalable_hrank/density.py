@@ -19,15 +19,18 @@ from typing import Any, Protocol
 import torch
 
 from scalable_hrank.errors import NotConvergedError
-from scalable_hrank.linalg import DensityRank, SLQState, eigenpairs, slq_rank
+from scalable_hrank.linalg import DensityRank, SLQState, deflation_shift, eigenpairs, slq_rank
 from scalable_hrank.linalg.slq import MAX_DEPTH
 from scalable_hrank.operators import CurvatureOperator
 from scalable_hrank.operators.gram import OutputGramOperator, unavailable_reason
 from scalable_hrank.result import RankResult, find_gap, rank_curve
 
-#: Default budget of the SLQ stage (products), probes and deflated eigenpairs.
-DEFAULT_DENSITY_MATVECS = 16000
-DEFAULT_PROBES = 12
+#: Default budget of the SLQ stage (products), probes and deflated eigenpairs. 16 probes keep
+#: the probe half-width within 5 % of a count of a few hundred on n in the low thousands
+#: (relative sd about sqrt(2 / (probes * count))); the budget allows each 1375 steps (12
+#: probes had 1333 of 16,000 products).
+DEFAULT_DENSITY_MATVECS = 22000
+DEFAULT_PROBES = 16
 DEFAULT_DEFLATE = 32
 #: Largest output dimension M for which H_O is counted from the dense M x M Gram matrix
 #: (M products, 8 M^2 bytes: 134 MB at 4096).
@@ -44,18 +47,32 @@ class _Counted(Protocol):
     def matmat(self, block: torch.Tensor) -> torch.Tensor: ...
 
 
-def _deflation(op: _Counted, k: int, generator: torch.Generator,
+def _deflation(op: _Counted, k: int, tau: float, generator: torch.Generator,
                ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int]:
-    """Top-|lambda| Ritz pairs (Q (P, k), theta (k,)) to deflate, and the products spent."""
+    """Top-|lambda| Ritz pairs (Q (P, k'), theta (k',)) to deflate, and the products spent.
+
+    The pairs must be accurate enough not to move the count: deflating them shifts the
+    eigenvalues near zero by at most ``linalg.deflation_shift`` of the pairs, held to
+    ``tau / 4`` (a loose pair would lift null directions above a small tau and leave no gap
+    there for SLQ to settle in). When the budget runs out first, only the largest-|theta|
+    pairs that meet the bound together are kept (possibly none).
+    """
     if k == 0:
         return None, 0
+    shift_tol = tau / 4
     try:
-        pairs = eigenpairs(op.matmat, op.size, k, which="LM", tol=1e-4,
+        pairs = eigenpairs(op.matmat, op.size, k, which="LM", tol=1e-4, shift_tol=shift_tol,
                            max_matvecs=min(op.size, 8 * k + 64), generator=generator,
                            dtype=op.dtype, device=op.device)
-    except NotConvergedError as exc:  # loose pairs still deflate most of the spread
+    except NotConvergedError as exc:  # keep the pairs that are accurate enough
         pairs = exc.partial
-    return (pairs.vectors, pairs.values), pairs.num_matvecs
+    keep = 0
+    while (keep < pairs.values.numel() and deflation_shift(
+            pairs.values[:keep + 1], pairs.residual_norms[:keep + 1]) <= shift_tol):
+        keep += 1
+    if keep == 0:
+        return None, pairs.num_matvecs
+    return (pairs.vectors[:, :keep], pairs.values[:keep]), pairs.num_matvecs
 
 
 def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: torch.Generator,
@@ -77,7 +94,8 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
         generator: CPU generator for deflation start block and probes.
         max_matvecs: Budget of the SLQ stage (default ``DEFAULT_DENSITY_MATVECS``).
         num_probes: Rademacher probes (relative sd about sqrt(2 / (probes * rank))).
-        num_deflate: Top-|lambda| eigenpairs removed first (shrinks lambda_max / gap).
+        num_deflate: Top-|lambda| eigenpairs removed first (shrinks lambda_max / gap); only
+            those accurate enough not to move the count at tau are kept (``_deflation``).
         confidence: Level of the probe part of [rank_low, rank_high].
         on_block: Called with the SLQ state every few Lanczos steps (checkpointing).
         resume_state: An SLQ state saved from ``on_block``: the run continues from it (the
@@ -109,7 +127,7 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
                 return _dense_output_rank(op, gram, tau=tau, notes=space_notes)
             counted = gram
     k = min(num_deflate, max(counted.size // 10, 0))
-    deflation, spent = _deflation(counted, k, generator)
+    deflation, spent = _deflation(counted, k, tau, generator)
     dr: DensityRank = slq_rank(counted.matmat, counted.size, tau=tau, generator=generator,
                                num_probes=num_probes, max_matvecs=budget,
                                max_steps=max(2, budget // num_probes), psd=psd,
@@ -142,31 +160,27 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
             f"infeasible within the budget: the spread kappa = {dr.kappa:.3g} needs about "
             f"{dr.steps_needed} steps x {dr.num_probes} probes = {dr.matvecs_needed} products "
             f"(ran {dr.num_steps} steps); {fixes}.")
-        low = dr.deflated_count
-        if dr.lower_bound is not None:  # includes the deflated count
-            low = dr.lower_bound
-            extra["resolved_threshold"] = dr.bound_at
-            unresolved = (f"Eigenvalues between tau and {dr.bound_at:.3g} are not resolved"
-                          if dr.bound_at > tau else
-                          "Eigenvalues just below tau are not yet told from those above it")
-            notes.append(
-                f"bound: at {dr.num_steps} steps SLQ resolves |lambda| above about "
-                f"{dr.bound_at:.3g} (tau = {tau:.3g}); counting those gives rank >= {low} "
-                f"(lower end at {confidence:.0%}, with the 0.75 k vs k change). {unresolved}, "
-                f"so the count at tau is not reported as the rank (it read "
-                f"{dr.estimate:.1f}, unverified).")
-        else:
-            notes.append("Only the deflated count is a known lower bound.")
+        # not converged, slq_rank always bounds the count from below (deflated count included)
+        assert dr.lower_bound is not None and dr.bound_at is not None
+        low = dr.lower_bound
+        extra["resolved_threshold"] = dr.bound_at
+        unresolved = (f"Eigenvalues between tau and {dr.bound_at:.3g} are not resolved"
+                      if dr.bound_at > tau else
+                      "Eigenvalues just below tau are not yet told from those above it")
+        notes.append(
+            f"bound: at {dr.num_steps} steps SLQ resolves |lambda| above about "
+            f"{dr.bound_at:.3g} (tau = {tau:.3g}); counting those gives rank >= {low} "
+            f"(lower end at {confidence:.0%}, with the 0.75 k vs k change). {unresolved}, "
+            f"so the count at tau is not reported as the rank (it read "
+            f"{dr.estimate:.1f}, unverified).")
         rank, high = low, counted.size
-    # a probe-based lower bound has the probe confidence; the deflated count is certain
-    level = confidence if dr.converged or dr.lower_bound is not None else 1.0
     mags = []
     if deflation is not None:
         mags = deflation[1].abs().tolist()
     return RankResult(
         rank=rank, n=op.size, kind=op.kind, method="density", tol=tau, scale=dr.lambda_max,
         matvecs=spent + dr.num_matvecs, seconds=0.0, certified=False, rank_low=low,
-        rank_high=high, confidence=level, guarantee=guarantee,
+        rank_high=high, confidence=confidence, guarantee=guarantee,
         eigenvalues=tuple(sorted(mags, reverse=True)) or None, gap=dr.gap, notes=tuple(notes),
         dtype=str(op.dtype), device=str(op.device), extra=extra,
     )

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scalable_hrank.density import DEFAULT_DEFLATE, DEFAULT_DENSITY_MATVECS, DEFAULT_PROBES
 from scalable_hrank.device_memory import available_memory, format_bytes, measure_activation_bytes
 from scalable_hrank.errors import HRankError
 from scalable_hrank.estimators import Sizing, auto_candidates, choose, estimator, method_names
@@ -201,8 +202,8 @@ def _fit(method: str, budget: _Budget, expected_rank: int | None) -> Plan | None
 def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: str = "auto",
          dtype: torch.dtype | None = None, device: str | torch.device | None = None, *,
          memory_bytes: int | None = None, expected_rank: int | None = None,
-         block_size: int = 8, probes: int = 12, deflation: int = 32,
-         density_matvecs: int = 16000,
+         block_size: int = 8, probes: int = DEFAULT_PROBES, deflation: int = DEFAULT_DEFLATE,
+         density_matvecs: int = DEFAULT_DENSITY_MATVECS,
          activation_bytes: int | None = None, allow_low_precision: bool = False,
          exact_max_n: int = 20_000, fraction: float = 0.8) -> Plan:
     """Check that a rank computation fits and choose method and block size.

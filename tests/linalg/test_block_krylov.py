@@ -7,9 +7,13 @@ import math
 import pytest
 import torch
 
-from scalable_hrank.linalg import block_krylov as engine
+from scalable_hrank.linalg import decomp as engine
+from scalable_hrank.linalg.decomp import (
+    block,  # its module constants are patched
+    lanczos,
+    ritz_pairs,
+)
 from scalable_hrank.linalg.krylov_rank import deflated_norm, krylov_rank
-from scalable_hrank.linalg.lanczos import lanczos, largest_ritz_magnitudes, ritz_pairs
 
 from .planted import gapped_spectrum, geometric_spectrum, planted
 
@@ -25,14 +29,14 @@ def _gen(seed=0):
 @pytest.fixture
 def small_panels(monkeypatch):
     """Panels of 16 vectors, so that a basis of a few dozen spans several of them."""
-    monkeypatch.setattr(engine, "PANEL_ROWS", 16)
+    monkeypatch.setattr(block, "PANEL_ROWS", 16)
 
 
 @pytest.fixture
 def always_widen(monkeypatch):
     """Widen from 24 basis vectors on, whatever the size (the default waits for big bases)."""
-    monkeypatch.setattr(engine, "WIDEN_FROM", 24)
-    monkeypatch.setattr(engine, "WIDEN_ELEMENTS", 0)
+    monkeypatch.setattr(block, "WIDEN_FROM", 24)
+    monkeypatch.setattr(block, "WIDEN_ELEMENTS", 0)
 
 
 def _tol(state):
@@ -199,6 +203,13 @@ def test_deflated_norm_one_pass_is_a_lower_bound_within_the_slack(small_panels):
     assert math.isclose(theta, theta2, rel_tol=1e-10)
 
 
+def largest_ritz_magnitudes(matmat, v0, *, num_matvecs, breakdown=0.0):
+    """The engine's lock-step mode on the columns of v0: each run's largest |Ritz value|."""
+    runs, _ = engine.start_probes(v0, None)
+    engine.advance_probes(runs, matmat, num_matvecs, None, breakdown=breakdown)
+    return engine.extreme_ritz(runs), runs.num_matvecs
+
+
 def test_batched_runs_equal_separate_runs():
     # s runs batched in one block product give each run's own three-term Lanczos estimate.
     n = 120
@@ -224,7 +235,7 @@ def test_batched_run_stops_alone_on_breakdown():
     v0[:2, 0] = 1.0
     v0[:, 1] = torch.randn(n, generator=_gen(12), dtype=F64)
     theta, used = largest_ritz_magnitudes(lambda x: a @ x, v0, num_matvecs=10,
-                                          breakdown_tol=1e-12)
+                                          breakdown=1e-12)
     assert used == 2 + 10
     assert math.isclose(float(theta[0]), 1.0, rel_tol=1e-12)
 

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from scalable_hrank.linalg import counting, probe_lanczos
+from scalable_hrank.linalg import counting, decomp
 from scalable_hrank.linalg.slq import slq_density, slq_rank
 
 try:
@@ -163,8 +163,8 @@ def test_lock_step_blocks_and_no_basis() -> None:
     assert r.nodes.shape == (3, 120) and r.weights.shape == (3, 120)
     # design: the only length-n tensors the recurrence keeps are v_prev and v, (n, probes)
     z = counting.rademacher(c.n, 3, generator=gen(8))
-    state, _ = probe_lanczos.start_probes(z, None)
-    probe_lanczos.advance_probes(state, c.matmat, 200, None)
+    state, _ = decomp.start_probes(z, None)
+    decomp.advance_probes(state, c.matmat, 200, None)
     big = [f.name for f in dataclasses.fields(state)
            if isinstance(getattr(state, f.name), torch.Tensor)
            and getattr(state, f.name).numel() >= c.n]

@@ -89,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--max-matvecs", type=int, dest="max_matvecs", help="product budget")
     p.add_argument("--block-size", type=int, dest="block_size", help="default 8")
-    p.add_argument("--probes", type=int, help="SLQ probes for --method density (default 12)")
+    p.add_argument("--probes", type=int, help="SLQ probes for --method density (default 16)")
     p.add_argument("--parts-bound", action="store_true", default=None, dest="parts_bound",
                    help="--method density, kind loss: when the count is infeasible, bound it "
                         "from above by counting H_O and H_F too (rank(H_L) <= rank(H_O) + "

@@ -5,23 +5,26 @@ Pure linear algebra: nothing here knows about networks, operators or processes b
 """
 
 from scalable_hrank.linalg._types import MatMat, Reduce
-from scalable_hrank.linalg.block_krylov import KrylovState
 from scalable_hrank.linalg.counting import DensityRank, rademacher, smooth_step, steps_for_kappa
-from scalable_hrank.linalg.eigen import EigenPairs, SpectralNorm, eigenpairs, spectral_norm
-from scalable_hrank.linalg.krylov_rank import KrylovRank, deflated_norm, krylov_rank
-from scalable_hrank.linalg.lanczos import (
-    BlockLanczosDecomposition,
+from scalable_hrank.linalg.decomp import (
+    KrylovState,
     LanczosDecomposition,
     RitzPairs,
-    block_lanczos,
     lanczos,
     ritz_pairs,
 )
+from scalable_hrank.linalg.eigen import (
+    EigenPairs,
+    SpectralNorm,
+    deflation_shift,
+    eigenpairs,
+    spectral_norm,
+)
+from scalable_hrank.linalg.krylov_rank import KrylovRank, deflated_norm, krylov_rank
 from scalable_hrank.linalg.orth import OrthBlock, inner, orthonormalize, project_out
 from scalable_hrank.linalg.slq import SLQState, slq_density, slq_rank
 
 __all__ = [
-    "BlockLanczosDecomposition",
     "DensityRank",
     "EigenPairs",
     "KrylovRank",
@@ -33,8 +36,8 @@ __all__ = [
     "RitzPairs",
     "SLQState",
     "SpectralNorm",
-    "block_lanczos",
     "deflated_norm",
+    "deflation_shift",
     "eigenpairs",
     "inner",
     "krylov_rank",

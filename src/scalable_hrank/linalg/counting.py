@@ -3,7 +3,7 @@
 Rademacher probes, the smooth step that turns a count into a trace, the bracket of two
 steps around tau read from a weighted set of eigenvalue nodes, step planning from the spread
 ``kappa`` and the confidence interval that combines probe variance with resolution bias. The
-Lanczos iteration that produces the nodes lives in :mod:`scalable_hrank.linalg.probe_lanczos`.
+Lanczos iteration that produces the nodes lives in :mod:`scalable_hrank.linalg.decomp`.
 
 The count of eigenvalues with ``|lambda| > tau`` is ``tr g(A)`` for the step
 ``g = 1{|x| > tau}``. Smooth steps that are 0 up to tau and 1 from a little above it, or 0

@@ -1,6 +1,6 @@
 """Certified numerical rank by adaptive randomized block Krylov and Rayleigh-Ritz counting.
 
-The estimator on top of the block Krylov decomposition (:mod:`.block_krylov`; the guarantees
+The estimator on top of the block Krylov decomposition (:mod:`.decomp.block`; the guarantees
 are stated in docs/theory.md#estimator-guarantees): grow a block Krylov basis Q from a
 Gaussian start block with full reorthogonalization; count the Ritz values of B = Q^T A Q with
 ``|theta| > tau``. In the basis [Q, Q_perp], ``A = [[B, R^T], [R, C]]`` with R the Krylov
@@ -22,10 +22,9 @@ import torch
 from torch import Tensor
 
 from scalable_hrank._validation import check_positive_int, check_tolerance
-from scalable_hrank.linalg import block_krylov as _engine
+from scalable_hrank.linalg import decomp as _engine
 from scalable_hrank.linalg._types import MatMat, Reduce
-from scalable_hrank.linalg.block_krylov import KrylovState
-from scalable_hrank.linalg.lanczos import largest_ritz_magnitudes
+from scalable_hrank.linalg.decomp import KrylovState
 from scalable_hrank.linalg.orth import Basis, inner, panels_of, project_out
 from scalable_hrank.threshold import default_rtol
 
@@ -89,7 +88,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     """Bytes :func:`krylov_rank` holds at its peak for a rank-``rank`` operator of size n.
 
     The basis of about ``rank + 2 b_last + b`` vectors (b_last the final block width, from
-    :func:`~.block_krylov.target_width`) as its storage panels allocate it, plus
+    :func:`~.decomp.target_width`) as its storage panels allocate it, plus
     :data:`WORKSPACE_BLOCKS` blocks of width b_last, plus the float64 projected matrix and
     its eigenvalue workspace (3 m^2 numbers). Not counted: the operator's own memory.
 
@@ -127,14 +126,13 @@ def certificate_steps_for(n: int, failure_probability: float = CERTIFICATE_FAILU
 
 
 def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
-                  generator: torch.Generator, reduce: Reduce = None,
-                  stop_tol: float = 0.0, num_starts: int = 1,
+                  generator: torch.Generator, reduce: Reduce = None, num_starts: int = 1,
                   shard: tuple[int, int] | None = None) -> tuple[float, int]:
     """Lanczos estimate of ``||C||``, C = (I - QQ^T) A (I - QQ^T), from random starts.
 
-    ``num_starts`` independent three-term Lanczos runs on the deflated operator
-    (:func:`~scalable_hrank.linalg.lanczos.largest_ritz_magnitudes`, batched: each step reads
-    the basis once for all runs); the estimate is the largest ``|Ritz value|`` over the runs.
+    ``num_starts`` independent three-term Lanczos runs on the deflated operator (the engine's
+    lock-step mode, :func:`~scalable_hrank.linalg.decomp.advance_probes`: each step reads the
+    basis once for all runs); the estimate is the largest ``|Ritz value|`` over the runs.
     In float64 each product is projected out of Q once (classical Gram-Schmidt; twice in
     lower precision): what one pass
     leaves along Q is rounding, delta of about eps ||A v||; the next product maps it to
@@ -142,7 +140,8 @@ def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
     iteration is perturbed only by ``||R|| delta``, far below the threshold (R the Krylov
     residual, itself below tau / 2 when the certificate runs). A second pass per product
     would double the passes over the basis, which dominate the certificate's cost. A run
-    stops on an exact breakdown (``beta <= stop_tol``, e.g. C = 0): from a
+    stops only on an exact breakdown (``beta = 0``, e.g. C = 0; a run on rounding noise is
+    harmless, a premature stop is not): from a
     Gaussian start its Krylov space then holds every distinct eigenvalue of C (almost surely),
     so its estimate is exact. The estimate is a lower bound on ``||C||`` up to rounding; by
     Kuczynski and Wozniakowski (1992), for PSD C and a Gaussian start, one k-step run has
@@ -156,15 +155,13 @@ def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
         num_matvecs: Lanczos steps k per run (products of one column); capped at n - m.
         generator: CPU generator for the start vectors.
         reduce: Sums inner products over processes.
-        stop_tol: A run stops when its Lanczos coefficient falls to it (default: exact zero
-            only; a run on rounding noise is harmless, a premature stop is not).
         num_starts: Independent runs s.
         shard: ``(offset, global length)`` of this process's rows (sharded vectors).
 
     Returns:
         ``(theta, products)``: the largest ``|Ritz value|`` and the products spent (at most
         s k). Cost: one projection (4 n m s flops) per step in float64, two otherwise;
-        memory 5 blocks of (n, s) besides Q.
+        memory about 8 blocks of (n, s) besides Q (the lock-step state and one step).
     """
     check_positive_int("num_starts", num_starts)
     panels = panels_of(basis)
@@ -193,9 +190,9 @@ def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
         _engine.check_product(x, ax)
         return project_out(ax, panels, reduce, passes=passes)
 
-    theta, used = largest_ritz_magnitudes(deflated, v, num_matvecs=steps, reduce=reduce,
-                                          breakdown_tol=stop_tol)
-    return float(theta.max()), used
+    runs, _ = _engine.start_probes(v, reduce)
+    _engine.advance_probes(runs, deflated, steps, reduce, breakdown=0.0)
+    return float(_engine.extreme_ritz(runs).max()), runs.num_matvecs
 
 
 def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float | None = None,
@@ -227,7 +224,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             neither is given: :func:`scalable_hrank.threshold.default_rtol` of ``dtype``.
         block_size: Block width b (batch of products per call).
         max_block_size: Widest block the run grows to. Once the basis is large (see
-            :func:`~.block_krylov.target_width`), the pending block is topped up with fresh random
+            :func:`~.decomp.target_width`), the pending block is topped up with fresh random
             directions (orthogonal to the basis) to ``m / 8`` columns, up to this width, so
             that the orthogonalization, which dominates at ranks in the thousands, runs as
             matrix-matrix products; each added column costs one product. Only a block that

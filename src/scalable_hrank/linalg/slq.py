@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from scalable_hrank.linalg.counting import (
     smooth_step,
     steps_for_kappa,
 )
-from scalable_hrank.linalg.probe_lanczos import (
+from scalable_hrank.linalg.decomp import (
     ProbeLanczos,
     advance_probes,
     gauss_rules,
@@ -117,13 +117,7 @@ class SLQState:
 
     def snapshot(self) -> SLQState:
         """A deep copy (tensors cloned, lists copied) for ``torch.save``."""
-        lz = self.lanczos
-        return SLQState(
-            lanczos=replace(lz, v_prev=lz.v_prev.clone(), v=lz.v.clone(),
-                            beta_prev=lz.beta_prev.clone(), alphas=[a.clone() for a in lz.alphas],
-                            betas=[b.clone() for b in lz.betas], lengths=lz.lengths.clone(),
-                            active=lz.active.clone(), scale=lz.scale.clone()),
-            sq=self.sq.clone(), target=self.target)
+        return SLQState(lanczos=self.lanczos.snapshot(), sq=self.sq.clone(), target=self.target)
 
     def restore(self, *, dtype: torch.dtype, device: torch.device | str
                 ) -> tuple[ProbeLanczos, Tensor]:
@@ -179,7 +173,7 @@ def slq_rank(matmat: MatMat, n: int, *, tau: float, generator: torch.Generator,
 
     Cost: ``num_probes x steps`` products (one block product per step), plus ``2 d``
     length-n inner products per column and step when deflating. Memory: a few length-n
-    vectors per probe (``planner.SLQ_VECTORS_PER_PROBE`` at the peak of a step) and the d
+    vectors per probe (``estimators.density.SLQ_VECTORS_PER_PROBE`` at the peak of a step) and the d
     deflation vectors; nothing grows with the depth except the (probes, steps) float64
     tridiagonals and the quadrature's ``depth^2`` float64 eigenvectors of one probe.
 

@@ -9,15 +9,16 @@ weights. The state is a dataclass of tensors and lists, so a checkpoint can save
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from scipy.linalg import eigh_tridiagonal
+from scipy.linalg import eigh_tridiagonal, eigvalsh_tridiagonal
 from torch import Tensor
 
 from scalable_hrank.linalg._types import MatMat, Reduce
 
-__all__ = ["ProbeLanczos", "advance_probes", "column_dots", "gauss_rules", "start_probes"]
+__all__ = ["ProbeLanczos", "advance_probes", "column_dots", "extreme_ritz", "gauss_rules",
+           "start_probes"]
 
 
 def column_dots(x: Tensor, y: Tensor, reduce: Reduce) -> Tensor:
@@ -40,6 +41,13 @@ class ProbeLanczos:
     scale: Tensor  # (m,), float64: max |T| entry seen, for the breakdown test
     num_matvecs: int = 0
 
+    def snapshot(self) -> ProbeLanczos:
+        """A deep copy (tensors cloned, lists copied) for ``torch.save``."""
+        return replace(self, v_prev=self.v_prev.clone(), v=self.v.clone(),
+                       beta_prev=self.beta_prev.clone(), alphas=[a.clone() for a in self.alphas],
+                       betas=[b.clone() for b in self.betas], lengths=self.lengths.clone(),
+                       active=self.active.clone(), scale=self.scale.clone())
+
 
 def start_probes(z: Tensor, reduce: Reduce) -> tuple[ProbeLanczos, Tensor]:
     """Normalized start vectors from the probe block ``z`` (n, m).
@@ -57,10 +65,17 @@ def start_probes(z: Tensor, reduce: Reduce) -> tuple[ProbeLanczos, Tensor]:
     return state, sq
 
 
-def advance_probes(state: ProbeLanczos, op: MatMat, steps: int, reduce: Reduce) -> None:
-    """Run ``steps`` more lock-step Lanczos steps on the active probes."""
+def advance_probes(state: ProbeLanczos, op: MatMat, steps: int, reduce: Reduce, *,
+                   breakdown: float | None = None) -> None:
+    """Run ``steps`` more lock-step Lanczos steps on the active probes.
+
+    A column stops (breaks down) when its new coefficient ``beta`` is at most ``breakdown``
+    times the largest coefficient of its tridiagonal so far (default ``eps^0.7`` of the
+    vector dtype: the rest of the Krylov space is rounding; 0 stops only on an exact zero).
+    Cost: one product per active column and step, 4 column inner products (2 reduces).
+    """
     dt = state.v.dtype
-    tol = torch.finfo(dt).eps ** 0.7
+    tol = torch.finfo(dt).eps ** 0.7 if breakdown is None else breakdown
     for _ in range(steps):
         idx = torch.nonzero(state.active).flatten()
         if idx.numel() == 0:
@@ -92,6 +107,25 @@ def advance_probes(state: ProbeLanczos, op: MatMat, steps: int, reduce: Reduce) 
         state.v[:, idx] = w / safe.to(w.device, dt)
         state.beta_prev[idx] = beta
         state.active[idx[broke]] = False
+
+
+def extreme_ritz(state: ProbeLanczos) -> Tensor:
+    """Largest ``|eigenvalue|`` of each column's tridiagonal, shape (m,) float64 on CPU.
+
+    Without reorthogonalization ghost copies of converged Ritz values appear, but they do not
+    change the largest magnitude. A column with no step yet reads 0.
+    """
+    m = state.lengths.numel()
+    out = torch.zeros(m, dtype=torch.float64)
+    if not state.alphas:
+        return out
+    a, b = torch.stack(state.alphas, 1), torch.stack(state.betas, 1)
+    for i in range(m):
+        k = int(state.lengths[i])
+        if k:
+            theta = eigvalsh_tridiagonal(a[i, :k].numpy(), b[i, :k - 1].numpy())
+            out[i] = float(abs(theta).max())
+    return out
 
 
 def gauss_rules(state: ProbeLanczos, depth: int) -> tuple[Tensor, Tensor]:

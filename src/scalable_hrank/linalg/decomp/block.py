@@ -2,7 +2,7 @@
 
 This module is the decomposition only (the estimators that use it live elsewhere:
 :mod:`~scalable_hrank.linalg.krylov_rank` counts and certifies, :mod:`~scalable_hrank.linalg.eigen`
-extracts eigenpairs, :func:`~scalable_hrank.linalg.lanczos.block_lanczos` returns the raw
+extracts eigenpairs, :func:`~scalable_hrank.linalg.decomp.lanczos` returns its single-vector
 decomposition). One call of :func:`step` multiplies the pending block X, fills its column block
 of the projected matrix B = Q^T A Q in float64, and turns the residual ``(I - QQ^T) A X`` into
 the next pending block by block classical Gram-Schmidt run twice (the first pass reuses the
