@@ -131,10 +131,10 @@ def extreme_ritz(state: ProbeLanczos) -> Tensor:
 def gauss_rules(state: ProbeLanczos, depth: int) -> tuple[Tensor, Tensor]:
     """Gauss nodes and weights of every probe at ``depth`` steps (shorter after breakdown).
 
-    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``): 22x faster than a dense
-    symmetric solver at depth 1000 and 50x at 2000 (``scripts/bench/quadrature.py``,
-    docs/benchmarks.md). Memory: depth^2 float64 for the eigenvectors (512 MB at 8192), of
-    which only the first row (the weights) is kept.
+    The tridiagonal eigenproblem goes to LAPACK's MRRR (``stemr``), O(depth^2) flops per
+    probe instead of a dense solver's O(depth^3) (timings: ``scripts/bench/quadrature.py``
+    in docs/benchmarks.md). Memory: depth^2 float64 for the eigenvectors, of which only the
+    first row (the weights) is kept.
 
     Returns:
         ``(nodes, weights)``, each (m, depth), float64, zero-padded.
