@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from scalable_hrank.density import DEFAULT_DENSITY_MATVECS, DEFAULT_PROBES
 from scalable_hrank.estimators.density import density_vectors
 from scalable_hrank.exact import DENSE_COPIES
 from scalable_hrank.linalg.krylov_rank import memory_bytes
@@ -58,7 +59,7 @@ def test_auto_picks_sketch_then_density():
     # 20% of the real peak) holds its basis in panels of 16 plus 6 workspace blocks of 8: a
     # rank-8 basis (32 allocated + 48) fits, rank 9 (48 + 48) does not. The planner's older
     # model (basis r + 3k plus 2 blocks) admitted ranks up to about 49 here, which a run
-    # could not hold. Density (96 probe vectors even without deflation) does not fit.
+    # could not hold. Density (8 vectors per probe even without deflation) does not fit.
     room = 350 * MiB - p.product_bytes - p.model_bytes
     assert memory_bytes(n, p.max_rank, 8, 4) <= room < memory_bytes(n, p.max_rank + 1, 8, 4)
     assert p.max_rank == 8 and p.storage_bytes == memory_bytes(n, 8, 8, 4)
@@ -69,8 +70,8 @@ def test_auto_picks_sketch_then_density():
     # 1 GiB holds about 250 float32 vectors of 1e6: deflating 8 pairs (a basis of 128 in panels,
     # 1.25 * 128 + 16 + 3 * 8 + 8 = 208 vectors) fits, 16 (1.25 * 192 + 16 + 24 + 16 = 296) not
     assert p.method == "density" and p.deflation == 8
-    quadrature = 8 * (16000 // 12) ** 2
-    assert p.storage_bytes == density_vectors(n, 12, 8) * n * 4 + quadrature
+    quadrature = 8 * (DEFAULT_DENSITY_MATVECS // DEFAULT_PROBES) ** 2
+    assert p.storage_bytes == density_vectors(n, DEFAULT_PROBES, 8) * n * 4 + quadrature
     assert any("deflation lowered from 32 to 8" in note for note in p.notes)
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=GiB,
              activation_bytes=MiB, expected_rank=500)
