@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from scalable_hrank._validation import check_choice
+from scalable_hrank._registry import Registry
 
 if TYPE_CHECKING:
     from scalable_hrank.operators import CurvatureOperator
@@ -170,9 +170,9 @@ class Estimator:
     state_to_device: Callable[[Any, torch.device | str], Any] | None = None
 
 
-_REGISTRY: dict[str, Estimator] = {}
 #: The methods the package ships (registered by their modules in this package).
 BUILTIN_METHODS = ("exact", "sketch", "lanczos", "density")
+_ESTIMATORS: Registry[Estimator] = Registry("method", BUILTIN_METHODS, reserved=("auto",))
 
 
 def register_estimator(entry: Estimator) -> Estimator:
@@ -181,25 +181,17 @@ def register_estimator(entry: Estimator) -> Estimator:
     Raises:
         ValueError: The name is ``"auto"`` or already registered.
     """
-    if entry.name == "auto" or entry.name in _REGISTRY:
-        msg = f"an estimator named {entry.name!r} is already registered (or reserved)"
-        raise ValueError(msg)
-    _REGISTRY[entry.name] = entry
-    return entry
+    return _ESTIMATORS.add(entry.name, entry)
 
 
 def unregister_estimator(name: str) -> None:
     """Remove an estimator added with :func:`register_estimator` (built-ins stay)."""
-    if name in BUILTIN_METHODS:
-        msg = f"the built-in estimator {name!r} cannot be removed"
-        raise ValueError(msg)
-    _REGISTRY.pop(name, None)
+    _ESTIMATORS.remove(name)
 
 
 def method_names() -> tuple[str, ...]:
     """``"auto"``, the built-in methods in :data:`BUILTIN_METHODS` order, then the others."""
-    builtins = [m for m in BUILTIN_METHODS if m in _REGISTRY]
-    return ("auto", *builtins, *(m for m in _REGISTRY if m not in BUILTIN_METHODS))
+    return ("auto", *_ESTIMATORS.names())
 
 
 def estimator(name: str) -> Estimator:
@@ -208,17 +200,17 @@ def estimator(name: str) -> Estimator:
     Raises:
         ValueError: No method of that name is registered (the message lists them).
     """
-    return _REGISTRY[check_choice("method", name, method_names()[1:])]
+    return _ESTIMATORS.get(name)
 
 
 def resume_state_classes() -> tuple[type, ...]:
     """The ``resume_state`` classes of the registered estimators (checkpoints rebuild these)."""
-    return tuple(e.resume_state for e in _REGISTRY.values() if e.resume_state is not None)
+    return tuple(e.resume_state for e in _ESTIMATORS.values() if e.resume_state is not None)
 
 
 def resume_entry(state: Any) -> Estimator | None:
     """The entry whose ``resume_state`` class ``state`` is an instance of, if any."""
-    for entry in _REGISTRY.values():
+    for entry in _ESTIMATORS.values():
         if entry.resume_state is not None and isinstance(state, entry.resume_state):
             return entry
     return None

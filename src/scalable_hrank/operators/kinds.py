@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from scalable_hrank._validation import check_choice
+from scalable_hrank._registry import Registry
 from scalable_hrank.operators.losses import LOSSES, LossFn
 from scalable_hrank.operators.products import (
     Forward,
@@ -71,7 +71,10 @@ class KindSpec:
         return builtin_loss is not None and builtin_loss in self.psd_losses
 
 
-_REGISTRY: dict[str, KindSpec] = {}
+#: The built-in kinds: "loss" = H_L (Hessian of the loss), "outer" = H_O (Gauss-Newton),
+#: "functional" = H_F. :func:`kind_names` lists these and any registered since.
+KINDS = ("loss", "outer", "functional")
+_KINDS: Registry[KindSpec] = Registry("kind", KINDS)
 
 
 def register_kind(spec: KindSpec) -> KindSpec:
@@ -80,24 +83,17 @@ def register_kind(spec: KindSpec) -> KindSpec:
     Raises:
         ValueError: A kind of that name is already registered.
     """
-    if spec.name in _REGISTRY:
-        msg = f"a curvature kind named {spec.name!r} is already registered"
-        raise ValueError(msg)
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _KINDS.add(spec.name, spec)
 
 
 def unregister_kind(name: str) -> None:
     """Remove a kind added with :func:`register_kind` (built-in kinds stay)."""
-    if name in KINDS:
-        msg = f"the built-in kind {name!r} cannot be removed"
-        raise ValueError(msg)
-    _REGISTRY.pop(name, None)
+    _KINDS.remove(name)
 
 
 def kind_names() -> tuple[str, ...]:
-    """Every registered kind, built-ins first (in registration order)."""
-    return tuple(_REGISTRY)
+    """Every registered kind, built-ins first."""
+    return _KINDS.names()
 
 
 def kind_spec(name: str) -> KindSpec:
@@ -107,16 +103,12 @@ def kind_spec(name: str) -> KindSpec:
         ValueError: No kind of that name is registered (the message lists the known ones).
         TypeError: ``name`` is not a string.
     """
-    return _REGISTRY[check_choice("kind", name, kind_names())]
+    return _KINDS.get(name)
 
 
 register_kind(KindSpec("loss", "H_L", loss_hessian_matvec, parts=("outer", "functional")))
 register_kind(KindSpec("outer", "H_O", outer_hessian_matvec, psd_losses=LOSSES,
                        output_factor=output_factor_maps))
 register_kind(KindSpec("functional", "H_F", functional_hessian_matvec))
-
-#: The built-in kinds: "loss" = H_L (Hessian of the loss), "outer" = H_O (Gauss-Newton),
-#: "functional" = H_F. :func:`kind_names` lists these and any registered since.
-KINDS = ("loss", "outer", "functional")
 
 __all__ = ["KINDS", "KindSpec", "kind_names", "kind_spec", "register_kind", "unregister_kind"]
