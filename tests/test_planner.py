@@ -53,16 +53,21 @@ def test_auto_picks_sketch_then_density():
     n = 10**6
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=350 * MiB,
              activation_bytes=MiB)
-    assert p.method == "sketch" and p.block_size == 8
-    # Room: 350 MiB - 10 MiB activations - model -> 89 float32 vectors of 1e6. The sketch's
-    # peak (krylov_rank.memory_bytes, the model the planner uses since it was measured within
-    # 20% of the real peak) holds its basis in panels of 16 plus 6 workspace blocks of 8: a
-    # rank-8 basis (32 allocated + 48) fits, rank 9 (48 + 48) does not. The planner's older
-    # model (basis r + 3k plus 2 blocks) admitted ranks up to about 49 here, which a run
-    # could not hold. Density (8 vectors per probe even without deflation) does not fit.
-    room = 350 * MiB - p.product_bytes - p.model_bytes
-    assert memory_bytes(n, p.max_rank, 8, 4) <= room < memory_bytes(n, p.max_rank + 1, 8, 4)
-    assert p.max_rank == 8 and p.storage_bytes == memory_bytes(n, 8, 8, 4)
+    # Room: 350 MiB - activations - model -> about 89 float32 vectors of 1e6. The sketch's
+    # peak (krylov_rank.memory_bytes, measured within 20% of the real one) holds the basis in
+    # panels plus a few workspace blocks: at block 8 the workspace leaves room for only a
+    # small basis, at block 1 for the most. Nothing holds every rank, so the planner takes the
+    # width whose basis holds the most. Density (8 vectors per probe even without deflation)
+    # does not fit.
+    assert p.method == "sketch" and p.block_size == 1
+
+    def cap(block: int) -> int:
+        room = 350 * MiB - p.model_bytes - p.activation_bytes * (2 + block)
+        return max(r for r in range(1, 200) if memory_bytes(n, r, block, 4) <= room)
+
+    assert p.max_rank == cap(1) == max(cap(b) for b in (8, 4, 2, 1)) > cap(8)
+    assert p.storage_bytes == memory_bytes(n, p.max_rank, 1, 4)
+    assert any("block size lowered to 1" in note for note in p.notes)
     assert any("density does not fit either" in note for note in p.notes)
     # with room for a density count, auto never takes a capped sketch (only a bound)
     p = plan(mlp(), n, batch(), "auto", torch.float32, "cpu", memory_bytes=GiB,

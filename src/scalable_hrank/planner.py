@@ -177,9 +177,16 @@ def _largest_rank(fits: Any, low: int, high: int) -> int:
 
 
 def _fit(method: str, budget: _Budget, expected_rank: int | None) -> Plan | None:
-    """The first configuration of ``method`` that fits, or None."""
+    """The first configuration of ``method`` that fits, or None.
+
+    For a method that holds a basis, the first whose basis holds the expected rank (every
+    rank when none is expected); when none does, the one whose basis holds the most (a
+    narrower block leaves room for more basis vectors).
+    """
     entry = estimator(method)
     n = budget.sizing.n
+    wanted = min(n, expected_rank) if expected_rank is not None else n
+    best: Plan | None = None
     for sizing in entry.configurations(budget.sizing):
         if not entry.holds_basis:
             if budget.total(method, sizing)[2] <= budget.available:
@@ -195,8 +202,12 @@ def _fit(method: str, budget: _Budget, expected_rank: int | None) -> Plan | None
         max_rank = _largest_rank(fits, need, n)
         held = sizing.but(rank=need if expected_rank is not None else max_rank)
         products = None if expected_rank is None else entry.expected_products(held)
-        return budget.make(method, held, max_rank, products)
-    return None
+        candidate = budget.make(method, held, max_rank, products)
+        if max_rank >= wanted:
+            return candidate
+        if best is None or max_rank > (best.max_rank or 0):
+            best = candidate
+    return best
 
 
 def plan(model: nn.Module, n_params_selected: int, batch_example: Any, method: str = "auto",
