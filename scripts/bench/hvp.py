@@ -19,9 +19,12 @@ Paths, timed round-robin in one run (scripts/bench/common.py: min and median of 
 * ours_nocache: the same operator with ``cache=False`` (forward + backward per product).
 * pyhessian:   ``pyhessian.hessian(model, criterion, dataloader=data, cuda=...)``
                ``.dataloader_hv_product(v)`` (forward, backward(create_graph), grad per batch).
-* curvlinops:  ``curvlinops.HessianLinearOperator(model, criterion, params, data) @ v`` (and
-               the block, per product), when curvlinops is installed; otherwise skipped with a
-               note (its wheel pins its own torch, so it is not a dependency here).
+* curvlinops:  ``curvlinops.HessianLinearOperator(model, nn.CrossEntropyLoss(), params, data)
+               @ v`` (and the block, per product; MLP only), when curvlinops is installed;
+               otherwise skipped with a note (install it with ``pip install --no-deps
+               curvlinops-for-pytorch`` plus its pure-Python dependencies, so that it cannot
+               replace torch); ``agreement_vs_curvlinops`` is the relative difference of the
+               two products on the same v.
 
 Peak memory: each path runs in a fresh subprocess; CPU: peak RSS (VmHWM, reset through
 /proc/self/clear_refs after model, data and vectors are in place, else ru_maxrss delta) minus
@@ -174,12 +177,14 @@ def make_paths(m: dict[str, Any], device: str, block: int, which: tuple[str, ...
     if "curvlinops" in which or "curvlinops_block" in which:
         cl = curvlinops_operator(m)
         if cl is not None:
-            vn = v.detach().cpu().numpy()
+            objs["cl"] = cl
             if "curvlinops" in which:
-                fns["curvlinops"] = lambda: cl @ vn
+                fns["curvlinops"] = lambda: cl @ v
             if "curvlinops_block" in which:
-                vbn = objs.get("V", torch.randn(n, block, generator=g)).detach().cpu().numpy()
-                fns["curvlinops_block"] = lambda: cl @ vbn
+                vb_cl = objs.get("V")
+                if vb_cl is None:
+                    vb_cl = torch.randn(block, n, generator=g).to(device).T
+                fns["curvlinops_block"] = lambda: cl @ vb_cl
     return fns, objs
 
 
@@ -192,13 +197,18 @@ def curvlinops_available() -> bool:
 
 
 def curvlinops_operator(m: dict[str, Any]) -> Any:
-    """curvlinops' HessianLinearOperator on the same model, criterion and batches (or None)."""
-    if not curvlinops_available():
+    """curvlinops' HessianLinearOperator on the same model and batches (None: not available).
+
+    curvlinops takes the criterion as a module with a ``reduction``; only the MLP's
+    cross-entropy has one here.
+    """
+    if not curvlinops_available() or m["loss"] != "cross_entropy":
         return None
     from curvlinops import HessianLinearOperator
 
     params = [p for p in m["ph_model"].parameters() if p.requires_grad]
-    return HessianLinearOperator(m["ph_model"], m["loss_fn"], params, m["ph_data"])
+    return HessianLinearOperator(m["ph_model"], nn.CrossEntropyLoss(), params, m["ph_data"],
+                                 progressbar=False)
 
 
 def pyhessian_operator(m: dict[str, Any], device: str) -> Any:
@@ -209,6 +219,15 @@ def pyhessian_operator(m: dict[str, Any], device: str) -> Any:
         warnings.simplefilter("ignore")
         return hessian(m["ph_model"], m["loss_fn"], dataloader=m["ph_data"],
                        cuda=device.startswith("cuda"))
+
+
+def agreement_curvlinops(objs: dict[str, Any]) -> float | None:
+    """Relative difference between our product and curvlinops' on the same v."""
+    if "op" not in objs or "cl" not in objs:
+        return None
+    ours = objs["op"] @ objs["v"]
+    theirs = objs["cl"] @ objs["v"]
+    return float((ours - theirs).norm() / theirs.norm())
 
 
 def agreement(objs: dict[str, Any]) -> float | None:
@@ -295,6 +314,10 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
     res: dict[str, Any] = {"model": name, "desc": m["desc"], "params": objs["n"],
                            "batches": a.batches, "block": block, "timing": {}}
     res["agreement_vs_pyhessian"] = agreement(objs)
+    res["agreement_vs_curvlinops"] = agreement_curvlinops(objs)
+    if res["agreement_vs_curvlinops"] is not None:
+        print(f"# curvlinops agreement (relative difference): "
+              f"{res['agreement_vs_curvlinops']:.2e}", flush=True)
     for th in threads:
         torch.set_num_threads(th)
         reps = a.reps if name == "mlp" else max(2, a.reps - 2)
