@@ -345,8 +345,16 @@ def _fresh(state: KrylovState, k: int, generator: torch.Generator, reduce: Reduc
     """Draw k Gaussian directions, orthonormalized against ``against`` (fewer if dependent)."""
     g = draw(state.n, k, generator, state.dtype, device, state.shard)
     eps = torch.finfo(state.dtype).eps
+    # One Gram-Schmidt pass in g's own storage, the second only where the norm drop calls
+    # for it (orthonormalize): one block of memory, as a step's residual.
+    against = [p for p in against if p.shape[1]]
+    coeffs = [inner(p, g, reduce, dtype=F64) for p in against]
+    for p, c in zip(against, coeffs, strict=True):
+        g.addmm_(p, c.to(g.dtype), alpha=-1.0)
+    removed = torch.cat(coeffs) if coeffs else g.new_zeros(0, k, dtype=F64)
     return orthonormalize(g, against, drop_tol=8.0 * eps * math.sqrt(state.dim),
-                          reduce=reduce).block
+                          reduce=reduce, passes=0, removed_gram=removed.mT @ removed,
+                          overwrite=True).block
 
 
 def refill(state: KrylovState, generator: torch.Generator, reduce: Reduce,
