@@ -324,8 +324,9 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
     m = build(name, a.device, a.batches, a.quick)
     which = tuple(p for p in PATHS if not (p == "pyhessian" and a.no_pyhessian))
     if not curvlinops_available():
-        print("# curvlinops: not installed, skipped (its wheel would pull its own torch; "
-              "install it in a separate environment to compare)", flush=True)
+        print("# curvlinops: not installed, skipped (pip install --no-deps "
+              "curvlinops-for-pytorch backpack-for-pytorch einops einconv opt-einsum)",
+              flush=True)
         which = tuple(p for p in which if not p.startswith("curvlinops"))
     subs = tuple(int(k) for k in a.sub_blocks.split(",") if k) if name == "mlp" else ()
     fns, objs = make_paths(m, a.device, block, which, sub_blocks=subs)
