@@ -134,8 +134,9 @@ class OrthBlock:
 #: A direction whose norm kept at least this fraction through the caller's Gram-Schmidt pass
 #: (norm after / norm before, per direction of the block) is orthogonal to the basis to within
 #: 1 / REORTH_RATIO times the rounding of one pass, so it skips the second pass; the others
-#: get it ("twice is enough"). The classical choice (Daniel, Gragg, Kaufman and Stewart) is
-#: 1 / sqrt(2); a looser ratio keeps the loss of orthogonality a small multiple of eps.
+#: get it ("twice is enough"). This is the classical choice (Daniel, Gragg, Kaufman and
+#: Stewart), the loosest under which what the basis has already lost is not amplified: with a
+#: looser ratio the loss grows from block to block (1/16 lost orthogonality completely).
 REORTH_RATIO = 1.0 / math.sqrt(2.0)
 
 #: Rows per chunk of an in-place rotation (:func:`_rotate_`): the only extra memory it needs.
@@ -154,9 +155,10 @@ def _rotate_(w: Tensor, reduce: Reduce) -> tuple[Tensor, Tensor]:
     """Rotate the columns of w in place by the eigenvectors of its float64 Gram matrix.
 
     Returns the rotation (k, k) float64 (``w_after = w_before @ rotation``, largest Gram
-    eigenvalue first) and the column norms of the rotated block measured directly (float64),
-    accurate to about eps ||w|| even for the small ones (the Gram eigenvalues are only accurate
-    to eps ||w||^2). Memory: a chunk of :data:`_ROTATE_ELEMENTS` numbers, not a block.
+    eigenvalue first) and the column norms of the rotated block measured directly (float64;
+    the Gram eigenvalues are only accurate to eps ||w||^2, and how well the small columns
+    match singular directions is :func:`_factor_`'s concern). Memory: a chunk of
+    :data:`_ROTATE_ELEMENTS` numbers, not a block.
     """
     gram = inner(w, w, reduce, dtype=torch.float64)
     _, vecs = torch.linalg.eigh(0.5 * (gram + gram.mT))
