@@ -1,8 +1,10 @@
 """Cost of one curvature product (H_L v) relative to one gradient, ours vs PyHessian.
 
-Two models, each over a multi-batch dataset (every time below is for the WHOLE dataset):
+Three models, each over a multi-batch dataset (every time below is for the WHOLE dataset):
 
 * mlp:    784-512-512-512-10 tanh MLP, float32, cross-entropy, --batches batches of 256.
+* cnn:    three 3x3 convolutions (3-32, 32-64 stride 2, 64-64 stride 2, tanh) and a linear
+          read-out, 97,300 parameters, float32, cross-entropy, --batches batches of 64 images.
 * minilm: the packaged all-MiniLM-L6-v2 (eager attention), float32, loss "mse" on the
           normalised embeddings, --batches batches of 8 short sentences (load_model_spec).
 
@@ -19,9 +21,12 @@ Paths, timed round-robin in one run (scripts/bench/common.py: min and median of 
 * ours_nocache: the same operator with ``cache=False`` (forward + backward per product).
 * pyhessian:   ``pyhessian.hessian(model, criterion, dataloader=data, cuda=...)``
                ``.dataloader_hv_product(v)`` (forward, backward(create_graph), grad per batch).
-* curvlinops:  ``curvlinops.HessianLinearOperator(model, criterion, params, data) @ v`` (and
-               the block, per product), when curvlinops is installed; otherwise skipped with a
-               note (its wheel pins its own torch, so it is not a dependency here).
+* curvlinops:  ``curvlinops.HessianLinearOperator(model, nn.CrossEntropyLoss(), params, data)
+               @ v`` (and the block, per product; MLP only), when curvlinops is installed;
+               otherwise skipped with a note (install it with ``pip install --no-deps
+               curvlinops-for-pytorch`` plus its pure-Python dependencies, so that it cannot
+               replace torch); ``agreement_vs_curvlinops`` is the relative difference of the
+               two products on the same v.
 
 Peak memory: each path runs in a fresh subprocess; CPU: peak RSS (VmHWM, reset through
 /proc/self/clear_refs after model, data and vectors are in place, else ru_maxrss delta) minus
@@ -31,6 +36,7 @@ CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, in the same
 
     .venv/bin/python scripts/bench/hvp.py                      # both models, 1 and default threads
     .venv/bin/python scripts/bench/hvp.py --quick              # smoke run, < 30 s
+    .venv/bin/python scripts/bench/hvp.py --models cnn --profile  # operators behind the ratio
     .venv/bin/python scripts/bench/hvp.py --device cuda        # GPU (CUDA allocator memory)
 """
 
@@ -94,6 +100,21 @@ def build(name: str, device: str, batches: int, quick: bool) -> dict[str, Any]:
         loss = "cross_entropy"
         ph_model, ph_data = model, data
         desc = f"MLP 784-512-512-512-10 tanh, float32, {batches} x {bs} samples, cross_entropy"
+    elif name == "cnn":
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.Tanh(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.Tanh(),
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 10)).to(device).eval()
+        bs = 16 if quick else 64
+        g = torch.Generator().manual_seed(1)
+        data = [(torch.randn(bs, 3, 32, 32, generator=g).to(device),
+                 torch.randint(0, 10, (bs,), generator=g).to(device)) for _ in range(batches)]
+        loss = "cross_entropy"
+        ph_model, ph_data = model, data
+        desc = (f"CNN conv3x3(3-32)-conv3x3/2(32-64)-conv3x3/2(64-64)-linear(4096-10) tanh, "
+                f"float32, {batches} x {bs} images 3x32x32, cross_entropy")
     elif name == "minilm":
         from scalable_hrank.models import attention_implementation, load_model_spec
         b = load_model_spec("hf:minilm", batch_size=8, num_samples=8 * batches, device=device)
@@ -174,12 +195,14 @@ def make_paths(m: dict[str, Any], device: str, block: int, which: tuple[str, ...
     if "curvlinops" in which or "curvlinops_block" in which:
         cl = curvlinops_operator(m)
         if cl is not None:
-            vn = v.detach().cpu().numpy()
+            objs["cl"] = cl
             if "curvlinops" in which:
-                fns["curvlinops"] = lambda: cl @ vn
+                fns["curvlinops"] = lambda: cl @ v
             if "curvlinops_block" in which:
-                vbn = objs.get("V", torch.randn(n, block, generator=g)).detach().cpu().numpy()
-                fns["curvlinops_block"] = lambda: cl @ vbn
+                vb_cl = objs.get("V")
+                if vb_cl is None:
+                    vb_cl = torch.randn(block, n, generator=g).to(device).T
+                fns["curvlinops_block"] = lambda: cl @ vb_cl
     return fns, objs
 
 
@@ -192,13 +215,18 @@ def curvlinops_available() -> bool:
 
 
 def curvlinops_operator(m: dict[str, Any]) -> Any:
-    """curvlinops' HessianLinearOperator on the same model, criterion and batches (or None)."""
-    if not curvlinops_available():
+    """curvlinops' HessianLinearOperator on the same model and batches (None: not available).
+
+    curvlinops takes the criterion as a module with a ``reduction``; only the MLP's
+    cross-entropy has one here.
+    """
+    if not curvlinops_available() or m["loss"] != "cross_entropy":
         return None
     from curvlinops import HessianLinearOperator
 
     params = [p for p in m["ph_model"].parameters() if p.requires_grad]
-    return HessianLinearOperator(m["ph_model"], m["loss_fn"], params, m["ph_data"])
+    return HessianLinearOperator(m["ph_model"], nn.CrossEntropyLoss(), params, m["ph_data"],
+                                 progressbar=False)
 
 
 def pyhessian_operator(m: dict[str, Any], device: str) -> Any:
@@ -209,6 +237,15 @@ def pyhessian_operator(m: dict[str, Any], device: str) -> Any:
         warnings.simplefilter("ignore")
         return hessian(m["ph_model"], m["loss_fn"], dataloader=m["ph_data"],
                        cuda=device.startswith("cuda"))
+
+
+def agreement_curvlinops(objs: dict[str, Any]) -> float | None:
+    """Relative difference between our product and curvlinops' on the same v."""
+    if "op" not in objs or "cl" not in objs:
+        return None
+    ours = objs["op"] @ objs["v"]
+    theirs = objs["cl"] @ objs["v"]
+    return float((ours - theirs).norm() / theirs.norm())
 
 
 def agreement(objs: dict[str, Any]) -> float | None:
@@ -283,18 +320,23 @@ def child(a: argparse.Namespace) -> None:
 
 # -- main ----------------------------------------------------------------------------------
 def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str, Any]:
-    block = a.block if name == "mlp" else a.minilm_block
+    block = a.minilm_block if name == "minilm" else a.block
     m = build(name, a.device, a.batches, a.quick)
     which = tuple(p for p in PATHS if not (p == "pyhessian" and a.no_pyhessian))
     if not curvlinops_available():
-        print("# curvlinops: not installed, skipped (its wheel would pull its own torch; "
-              "install it in a separate environment to compare)", flush=True)
+        print("# curvlinops: not installed, skipped (pip install --no-deps "
+              "curvlinops-for-pytorch backpack-for-pytorch einops einconv opt-einsum)",
+              flush=True)
         which = tuple(p for p in which if not p.startswith("curvlinops"))
     subs = tuple(int(k) for k in a.sub_blocks.split(",") if k) if name == "mlp" else ()
     fns, objs = make_paths(m, a.device, block, which, sub_blocks=subs)
     res: dict[str, Any] = {"model": name, "desc": m["desc"], "params": objs["n"],
                            "batches": a.batches, "block": block, "timing": {}}
     res["agreement_vs_pyhessian"] = agreement(objs)
+    res["agreement_vs_curvlinops"] = agreement_curvlinops(objs)
+    if res["agreement_vs_curvlinops"] is not None:
+        print(f"# curvlinops agreement (relative difference): "
+              f"{res['agreement_vs_curvlinops']:.2e}", flush=True)
     for th in threads:
         torch.set_num_threads(th)
         reps = a.reps if name == "mlp" else max(2, a.reps - 2)
@@ -307,6 +349,8 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
                 t[key] = {s: (x / k if s != "reps" else x) for s, x in t[key].items()}
         res["timing"][str(th)] = t
         report(name, th, t, block)
+        if a.profile:
+            res.setdefault("profile", {})[str(th)] = profile_paths(fns)
     torch.set_num_threads(default_threads())
     if not a.no_memory:
         mem = {}
@@ -324,6 +368,26 @@ def run_model(name: str, a: argparse.Namespace, threads: list[int]) -> dict[str,
                 print(f"  memory {path:13s} peak {r['peak_mb']:8.0f} MB  "
                       f"kept {r['kept_mb']:8.0f} MB")
     return res
+
+
+def profile_paths(fns: dict[str, Any], keys: tuple[str, ...] = ("grad", "ours"),
+                  top: int = 8) -> dict[str, dict[str, float]]:
+    """Self CPU milliseconds of the costliest operators in one call of each path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for key in (k for k in keys if k in fns):
+        fns[key]()  # warm (graphs cached)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fns[key]()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total,
+                        reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) / 1e3
+        out[key] = {"total": total, **{e.key: e.self_cpu_time_total / 1e3
+                                       for e in events[:top]}}
+        print(f"  profile {key} (self CPU, total {total:.1f} ms): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in out[key].items() if k != "total"), flush=True)
+    return out
 
 
 def report(name: str, th: int, t: dict[str, dict[str, float]], block: int) -> None:
@@ -368,6 +432,8 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: MLP only, 2 batches of 64, 1 thread, no memory, < 30 s")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler: costliest operators of one gradient and one product")
     p.add_argument("--json", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from common import machine, rss_mb, write_json  # noqa: E402
 
 import scalable_hrank as hr  # noqa: E402
+from scalable_hrank.linalg import orth  # noqa: E402
 from scalable_hrank.models.mlp import mlp  # noqa: E402
 from scalable_hrank.operators.curvature import CurvatureOperator  # noqa: E402
 from scalable_hrank.theory import predict_rank_from_widths  # noqa: E402
@@ -73,6 +74,27 @@ class RssPeak:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+class SecondPassCounter:
+    """Counts the directions that get the second Gram-Schmidt pass (``orth._second_pass``)."""
+
+    def __init__(self) -> None:
+        self.columns = 0
+        self._orig = orth._second_pass
+
+    def __enter__(self) -> SecondPassCounter:
+        counter, orig = self, self._orig
+
+        def counted(x: torch.Tensor, *args, **kwargs):
+            counter.columns += x.shape[1]
+            return orig(x, *args, **kwargs)
+
+        orth._second_pass = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        orth._second_pass = self._orig
 
 
 class ProductClock:
@@ -130,7 +152,7 @@ def run_sketch(model, data, kind: str, block_size: int, profile: bool) -> dict:
     gc.collect()
     rss0 = rss_mb()
     prof = cProfile.Profile() if profile else None
-    with ProductClock() as clock, RssPeak() as peak:
+    with ProductClock() as clock, RssPeak() as peak, SecondPassCounter() as second:
         t0, c0 = time.perf_counter(), time.process_time()
         if prof is not None:
             prof.enable()
@@ -144,7 +166,7 @@ def run_sketch(model, data, kind: str, block_size: int, profile: bool) -> dict:
            "basis_size": res.extra.get("basis_size"), "wall_s": wall,
            "products_s": clock.seconds, "product_columns": clock.columns,
            "result_seconds": res.seconds, "rss_before_mb": rss0,
-           "rss_peak_mb": peak.peak_mb}
+           "rss_peak_mb": peak.peak_mb, "second_pass_columns": second.columns}
     if prof is not None:
         stats = pstats.Stats(prof)
         parts = {}
@@ -208,6 +230,8 @@ def main() -> None:
         print(f"  {label:<58} {secs:8.1f} s {100 * secs / sketch['wall_s']:5.1f}%", flush=True)
     print(f"  {'products (timed inside the operator)':<58} {sketch['products_s']:8.1f} s "
           f"{100 * sketch['products_s'] / sketch['wall_s']:5.1f}%", flush=True)
+    print(f"second Gram-Schmidt pass: {sketch['second_pass_columns']} directions "
+          f"(of {sketch['product_columns']} product columns)", flush=True)
     grown = sketch["rss_peak_mb"] - sketch["rss_before_mb"]
     out["peak_over_basis"] = grown / basis_mb
     print(f"sketch memory: peak RSS {sketch['rss_peak_mb']:.0f} MB - {sketch['rss_before_mb']:.0f}"

@@ -77,10 +77,11 @@ class KrylovRank:
 #: Ritz values are recomputed (an (m, m) eigvalsh, O(m^3)) once the basis grew by this fraction
 #: since the last time, and at every block once the residual nears the threshold.
 RITZ_GROWTH = 0.5
-#: Blocks of the widest width alive at once in a step besides the basis: the pending block,
-#: the product (and the operator's column-major copy of its input), the residual, its
-#: factorization and the second pass's rotated copy.
-WORKSPACE_BLOCKS = 6
+#: Blocks of the widest width alive at once in a step besides the basis: the pending block
+#: and the product while it runs, then the product and its residual (the factorization and
+#: the second pass work in the residual's storage), and one for what the operator holds
+#: while it multiplies.
+WORKSPACE_BLOCKS = 3
 
 
 def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
@@ -253,8 +254,8 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         A :class:`KrylovRank`. With an exactly rank-r operator and separated nonzero
         eigenvalues: about ``r + b`` products for the basis plus ``certificate_steps``.
         Memory (:func:`memory_bytes`): the basis in panels (m length-n vectors plus unused
-        room below m / 4 + 16 and below ``PANEL_ROWS``) and a workspace of about 6 blocks
-        of the widest width (product, residual, factorization), m the final basis size
+        room below m / 16 + 16 and below ``PANEL_ROWS``) and a workspace of about 3 blocks
+        of the widest width (pending block, product, residual), m the final basis size
         (about r + 2 b_max).
         Budget exhausted: ``certified=False`` and ``rank`` is the certified lower bound.
 

@@ -213,11 +213,11 @@ def init_state(n: int, block_size: int, start: Tensor, generator: torch.Generato
 def panel_height(start: int) -> int:
     """Rows of the panel that opens when the basis holds ``start`` vectors.
 
-    A quarter of the basis so far, rounded up to a multiple of 16, between 16 and
-    :data:`PANEL_ROWS`: the unused room of the last panel stays below a quarter of the basis
-    (plus 16) and below :data:`PANEL_ROWS`, and no panel is ever copied to grow.
+    A sixteenth of the basis so far, rounded up to a multiple of 16, between 16 and
+    :data:`PANEL_ROWS`: the unused room of the last panel stays below a sixteenth of the basis
+    plus 16 and below :data:`PANEL_ROWS`, and no panel is ever copied to grow.
     """
-    return min(PANEL_ROWS, 16 * max(1, -(-start // 64)))
+    return min(PANEL_ROWS, 16 * max(1, -(-start // 256)))
 
 
 def allocated_vectors(m: int, dim: int) -> int:
@@ -273,14 +273,21 @@ def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
     residual directions are dropped, from the largest product column norm seen
     (``extra["scale"]``) and the basis size.
 
-    Cost: ``width`` products and about 8 n m width flops (two Gram-Schmidt passes against the
-    m basis vectors, the first of which also fills B), plus O(n width^2) within the block.
-    Memory besides the basis: the product, its residual and the factorization's blocks.
+    Cost: ``width`` products and about 4 n m width flops for the first Gram-Schmidt pass
+    (which also fills B) plus up to as much again for the second, which only the residual
+    directions that lost most of their norm in the first get
+    (:data:`~.orth.REORTH_RATIO`), plus O(n width^2) within the block.
+    Memory besides the basis: the pending block while the product runs, then the product and
+    its residual; the factorization works in the residual's storage, which becomes the next
+    pending block.
     """
     x = state.pending[:, :width]
     ax = matmat(x)
     check_product(x, ax)
-    if not bool(torch.isfinite(ax).all()):
+    colsq = torch.linalg.vector_norm(ax, dim=0, dtype=F64) ** 2
+    if reduce is not None:
+        colsq = reduce(colsq)
+    if not bool(torch.isfinite(colsq).all()) and not bool(torch.isfinite(ax).all()):
         msg = "matmat returned NaN or infinity"
         raise FloatingPointError(msg)
     state.num_matvecs += width
@@ -290,9 +297,6 @@ def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
     c_old = (torch.cat([inner(cols, ax, reduce, dtype=F64) for cols in old], dim=0) if old
              else ax.new_zeros(0, width, dtype=F64))
     d = inner(x, ax, reduce, dtype=F64)
-    colsq = (ax.to(F64) ** 2).sum(0) if ax.dtype != F64 else (ax * ax).sum(0)
-    if reduce is not None:
-        colsq = reduce(colsq)
     scale = max(state.extra.get("scale", 0.0), math.sqrt(float(colsq.max())))
     state.extra["scale"] = scale
     # Asymmetry from the entries that two different products both give.
@@ -309,24 +313,30 @@ def step(state: KrylovState, matmat: MatMat, reduce: Reduce, *, width: int,
     nb[m:, :m] = c_old.mT
     nb[m:, m:] = 0.5 * (d + d.mT)
     state.projected = nb
-    # First Gram-Schmidt pass from the coefficients that just filled B (no copy of the
-    # product is kept: the coupling comes from the residual, equal to it on the next block).
-    w = torch.addmm(ax, x, d.to(ax.dtype), alpha=-1.0)
-    del ax
-    start = 0
-    for cols in old:
-        w.addmm_(cols, c_old[start:start + cols.shape[1]].to(w.dtype), alpha=-1.0)
-        start += cols.shape[1]
+    # The block joins the basis and its storage is released before the residual is formed.
     _append(state, x)
     del x
-    state.pending = state.pending[:, :0]  # the block now lives in the basis
+    state.pending = state.pending.new_empty(state.n, 0)
+    # First Gram-Schmidt pass from the coefficients that just filled B (no copy of the
+    # product is kept: the coupling comes from the factorization of the residual).
+    # The residual is column-major (as the products take their blocks), whatever ax is.
+    w = torch.empty_strided(ax.shape, (1, ax.shape[0]), dtype=ax.dtype, device=ax.device)
+    w.copy_(ax)
+    del ax
+    coeffs, start = torch.cat([c_old, d]).to(w.dtype), 0
+    for cols in state.columns:
+        w.addmm_(cols, coeffs[start:start + cols.shape[1]], alpha=-1.0)
+        start += cols.shape[1]
+    removed = torch.cat([c_old, d])
     orth = orthonormalize(w, state.columns, drop_tol=drop_tol(scale, state.size),
-                          reduce=reduce, passes=0)
+                          reduce=reduce, passes=0, removed_gram=removed.mT @ removed,
+                          overwrite=True)
+    del w
     state.pending = orth.block
     state.residual_norm = float(orth.norms[0]) if orth.norms.numel() else 0.0
     state.dropped_sq += orth.dropped_norm ** 2
     # X_next^T A X_last = X_next^T W: X_next is orthogonal to the basis that W was cleared of
-    state.coupling = inner(orth.block, w, reduce, dtype=F64)
+    state.coupling = orth.coupling
     state.last_width = width
 
 
@@ -335,8 +345,16 @@ def _fresh(state: KrylovState, k: int, generator: torch.Generator, reduce: Reduc
     """Draw k Gaussian directions, orthonormalized against ``against`` (fewer if dependent)."""
     g = draw(state.n, k, generator, state.dtype, device, state.shard)
     eps = torch.finfo(state.dtype).eps
+    # One Gram-Schmidt pass in g's own storage, the second only where the norm drop calls
+    # for it (orthonormalize): one block of memory, as a step's residual.
+    against = [p for p in against if p.shape[1]]
+    coeffs = [inner(p, g, reduce, dtype=F64) for p in against]
+    for p, c in zip(against, coeffs, strict=True):
+        g.addmm_(p, c.to(g.dtype), alpha=-1.0)
+    removed = torch.cat(coeffs) if coeffs else g.new_zeros(0, k, dtype=F64)
     return orthonormalize(g, against, drop_tol=8.0 * eps * math.sqrt(state.dim),
-                          reduce=reduce).block
+                          reduce=reduce, passes=0, removed_gram=removed.mT @ removed,
+                          overwrite=True).block
 
 
 def refill(state: KrylovState, generator: torch.Generator, reduce: Reduce,
