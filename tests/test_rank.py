@@ -139,9 +139,9 @@ def test_auto_choice_follows_the_memory_plan() -> None:
     sketch = hr.estimate_rank(model, loss, data, "outer", memory_bytes=1_000_000)
     assert sketch.method == "sketch" and sketch.certified
     assert sketch.rank == small.rank and sketch.extra["plan"]["max_rank"] >= small.rank
-    # 300 kB holds a basis below rank 30 even at block 1 (the width that holds the most):
+    # 250 kB holds a basis below rank 30 even at block 1 (the width that holds the most):
     # the capped sketch returns a true bound
-    capped = hr.estimate_rank(model, loss, data, "outer", memory_bytes=300_000)
+    capped = hr.estimate_rank(model, loss, data, "outer", memory_bytes=250_000)
     assert capped.method == "sketch" and capped.guarantee == "bound"
     assert capped.extra["plan"]["max_rank"] < small.rank
     assert capped.rank_low <= small.rank <= capped.rank_high
