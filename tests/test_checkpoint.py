@@ -187,8 +187,22 @@ def test_signal_makes_saver_save_then_raise_preempted(tmp_path, sig):
             saver({"step": 2})
     assert info.value.signum == sig and info.value.path == tmp_path / "c.pt"
     assert load_checkpoint(tmp_path / "c.pt", fingerprint="f") == {"step": 2}
-    assert signal.getsignal(sig) == previous  # handler restored
+    try:
+        # the process is on its way out with the checkpoint's code: a repeated signal (the
+        # job script forwards a copy) is ignored instead of killing it
+        assert signal.getsignal(sig) == signal.SIG_IGN
+        os.kill(os.getpid(), sig)
+    finally:
+        signal.signal(sig, previous)
     assert handler.requeue() is False  # not asked to requeue
+
+
+def test_handlers_are_restored_when_no_signal_came():
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    with PreemptionHandler() as handler:
+        assert signal.getsignal(signal.SIGUSR1) != previous[signal.SIGUSR1]
+    assert not handler.signalled
+    assert {sig: signal.getsignal(sig) for sig in previous} == previous
 
 
 def test_requeue_runs_scontrol_inside_slurm_when_asked(tmp_path, monkeypatch):

@@ -70,7 +70,9 @@ class PreemptionHandler:
     Slurm sends SIGUSR1 before the time limit (``--signal=B:USR1@120``, forwarded to Python
     by the sbatch templates) and SIGTERM on ``scancel``. The handler only records the signal;
     the computation polls :attr:`signalled` at a safe point (a :class:`CheckpointSaver` does),
-    saves and stops. Previous handlers are restored on exit. Must be entered in the main thread.
+    saves and stops. Previous handlers are restored on exit, unless a signal arrived: then the
+    signals stay ignored, so that a repeated one cannot kill the process while it exits with
+    the checkpoint's code. Must be entered in the main thread.
 
     Args:
         signals: Signals to catch (default SIGUSR1 and SIGTERM).
@@ -109,7 +111,10 @@ class PreemptionHandler:
 
     def __exit__(self, *exc: object) -> None:
         for sig, prev in self._previous.items():
-            signal.signal(sig, prev)
+            # after a signal the process is stopping to be resumed: a second copy (the job
+            # script forwards one, scancel signals every process of the job) is ignored rather
+            # than letting it kill the process on its way out with the checkpoint's exit code
+            signal.signal(sig, signal.SIG_IGN if self.signalled else prev)
         self._previous.clear()
 
     def requeue(self) -> bool:
