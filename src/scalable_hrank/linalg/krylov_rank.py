@@ -283,7 +283,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
     check_positive_int("max_matvecs", max_matvecs)
     if tol is None and rtol is None:
         rtol = default_rtol(n, dtype)
-    eps = torch.finfo(dtype).eps
+    rounding = _engine.rounding_tol(dtype)
 
     if state is None:
         start = _engine.draw(n_local, min(block_size, n), generator, dtype, device, shard)
@@ -304,8 +304,9 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         return tol if tol is not None else rtol * ex["sigma"]
 
     def drop_tol(scale: float, m: int) -> float:
+        # the engine's rounding rule, never above a twentieth of the threshold
         t = tau_now()
-        base = 16.0 * math.sqrt(m + 1) * eps * scale
+        base = rounding(scale, m)
         return min(base, 0.05 * t) if t > 0 else base
 
     def update_ritz() -> Tensor:
