@@ -187,8 +187,7 @@ def density_rank(op: CurvatureOperator, *, tau: float, psd: bool, generator: tor
 
 
 def bound_from_parts(res: RankResult, parts: Sequence[CurvatureOperator], *, seed: int,
-                     max_matvecs: int | None = None, convex: bool = True,
-                     **options: Any) -> RankResult:
+                     max_matvecs: int | None = None, **options: Any) -> RankResult:
     """Close an infeasible H_L count from above with its parts: H_L = H_O + H_F.
 
     Weyl's inequality for singular values, ``s_{i+j-1}(A + B) <= s_i(A) + s_j(B)``, gives
@@ -206,7 +205,6 @@ def bound_from_parts(res: RankResult, parts: Sequence[CurvatureOperator], *, see
         parts: The H_O and H_F operators of the same model, data and parameters.
         seed: Seeds each part's generator (``seed + 1`` and ``seed + 2``).
         max_matvecs: Budget of each part's count (default ``DEFAULT_DENSITY_MATVECS``).
-        convex: The loss is a built-in (convex) one, so H_O is PSD.
         **options: ``num_probes``, ``num_deflate``, ``confidence``, ``output_space``.
 
     Returns:
@@ -216,7 +214,7 @@ def bound_from_parts(res: RankResult, parts: Sequence[CurvatureOperator], *, see
     """
     tau, highs, info = res.tol, [], {}
     for i, op in enumerate(parts):
-        part = density_rank(op, tau=tau / 2, psd=op.kind == "outer" and convex,
+        part = density_rank(op, tau=tau / 2, psd=op.spec.is_psd(op.builtin_loss),
                             generator=torch.Generator().manual_seed(seed + 1 + i),
                             max_matvecs=max_matvecs, **options)
         feasible = bool(part.extra["feasible"])

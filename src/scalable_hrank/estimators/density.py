@@ -107,8 +107,7 @@ def _run(request: RankRequest) -> RankResult:
                                           params=request.params_cast, cache=request.cache)
                         for part in op.spec.parts]
             res = bound_from_parts(res, part_ops, seed=request.seed,
-                                   max_matvecs=request.max_matvecs,
-                                   convex=op.builtin_loss is not None, **opts)
+                                   max_matvecs=request.max_matvecs, **opts)
             matvecs += sum(part_op.matvecs for part_op in part_ops)
         else:
             res = with_changes(res, notes=(*res.notes, _parts_note(op.kind)))
