@@ -60,6 +60,7 @@ _TAG_DATACLASS = "__dataclass__"
 _TAG_DTYPE = "__torch_dtype__"
 _TAG_DEVICE = "__torch_device__"
 
+
 class CheckpointError(HRankError):
     """A checkpoint cannot be used: missing, truncated, corrupted, or for another problem.
 

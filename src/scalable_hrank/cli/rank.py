@@ -34,12 +34,12 @@ from scalable_hrank.checkpoint import per_rank_path
 from scalable_hrank.cli.errors import EXIT_PREEMPTED, exit_code
 from scalable_hrank.cli.progress import ProductBar
 from scalable_hrank.cli.resume import KindCheckpoint, kind_path, problem_fingerprint
-from scalable_hrank.distributed.env import World
+from scalable_hrank.distributed.env import World, init_from_env, shard, shutdown
 from scalable_hrank.distributed.resources import configure_threads, resolve_device, to_device
 from scalable_hrank.errors import InputError
 from scalable_hrank.estimators import estimator, method_names
 from scalable_hrank.models.problem import MODEL_OPTION_KEYS, add_model_arguments
-from scalable_hrank.operators import kind_names
+from scalable_hrank.operators import kind_names, parameter_space
 from scalable_hrank.preemption import Preempted, PreemptionHandler
 from scalable_hrank.rank import estimate_rank
 from scalable_hrank.result import RankResult
@@ -285,16 +285,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(s.get("device"))
     world = None
     if s["distributed"]:
-        from scalable_hrank.distributed import init_from_env
-
         world = init_from_env(backend="gloo" if device.type == "cpu" else None)
     model, loss, data, description = _problem(s)
     _check_finite(data)
     model, data = model.to(device), to_device(data, device)
     s["device"] = str(device)
     selected = s.get("params")
-    from scalable_hrank.operators import parameter_space
-
     n = parameter_space(model, selected)[0].size
     rank0 = world is None or world.rank == 0
     print(f"{description}: {n} selected parameters on {device}", file=sys.stderr)
@@ -303,8 +299,6 @@ def run(args: argparse.Namespace) -> int:
     fingerprints = ({k: problem_fingerprint(model, loss, data, fp_settings, k) for k in kinds}
                     if s.get("checkpoint") else {})
     if world is not None and world.size > 1:
-        from scalable_hrank.distributed import shard
-
         data = shard(data, world.rank, world.size)
     results: dict[str, RankResult] = {}
     checkpoints: list[KindCheckpoint] = []
@@ -348,6 +342,4 @@ def run(args: argparse.Namespace) -> int:
 def _leave(world: World | None) -> None:
     """Leave the process group in step with the other processes (no-op when single)."""
     if world is not None and world.size > 1:
-        from scalable_hrank.distributed import shutdown
-
         shutdown()

@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a collective waits for a peer before it raises (override: HRANK_DIST_TIMEOUT).
 DEFAULT_TIMEOUT_S = 300.0
+#: The rendezvous store of this process's group (None when single or after shutdown).
+_STORE: dist.Store | None = None
+_LEFT_KEY = "hrank/left"
+#: Seconds the store's host waits for its peers to report that they left.
+LEAVE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -178,13 +183,6 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     dist.init_process_group(backend=backend, store=_STORE, rank=rank, world_size=size,
                             timeout=wait)
     return World(rank, size, local, backend, device)
-
-
-#: The rendezvous store of this process's group (None when single or after shutdown).
-_STORE: dist.Store | None = None
-_LEFT_KEY = "hrank/left"
-#: Seconds the store's host waits for its peers to report that they left.
-LEAVE_TIMEOUT_S = 60.0
 
 
 def shutdown() -> None:
