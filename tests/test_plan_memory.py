@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import PEAK_MEMORY_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,15 +31,8 @@ def _can_reset_peak() -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(),
                     reason="needs Linux /proc/self/clear_refs to reset the peak RSS")
 def test_planned_memory_within_2x_of_measured_peak() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        # glibc's adaptive mmap threshold rises after the first large frees; blocks of a few
-        # MB then come from the heap, whose freed pages it may keep, and the resident peak of
-        # this small case varied from 0.8x to 3.5x the plan run to run (live memory did not).
-        # A fixed threshold returns every freed block, so the peak is what the method holds.
-        # (Vectors above 32 MB, where memory plans matter, are always mapped apart.)
-        "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = {**os.environ, **PEAK_MEMORY_ENV, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "_peak_memory_child.py")],
                          capture_output=True, text=True, env=env, timeout=300, check=True)
     measured = json.loads(out.stdout.strip().splitlines()[-1])

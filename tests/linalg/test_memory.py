@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import PEAK_MEMORY_ENV
+
 CHILD = r'''
 import json, os, sys
 import torch
@@ -49,12 +51,12 @@ print(json.dumps({"rank": res.rank, "certified": res.certified, "basis": res.bas
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize(("r", "reps"), [
-    (150, 400),  # n = 60,000: a basis of about 170 vectors, 80 MB, blocks of 8
-    (300, 334),  # n = 100,200: about 350 vectors, 280 MB, blocks widened to 40
+@pytest.mark.parametrize(("r", "reps", "block"), [
+    (150, 400, 8),  # n = 60,000: a basis of about 170 vectors, 80 MB, blocks of 8
+    (300, 334, 40),  # n = 100,200: about 350 vectors, 280 MB, blocks widened to 40
 ])
-def test_peak_memory_matches_the_planner_estimate(r, reps):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_peak_memory_matches_the_planner_estimate(r, reps, block):
+    env = {**os.environ, **PEAK_MEMORY_ENV}
     out = subprocess.run([sys.executable, "-c", CHILD, str(r), str(reps)], env=env,
                          capture_output=True, text=True, check=True, timeout=300)
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -63,6 +65,8 @@ def test_peak_memory_matches_the_planner_estimate(r, reps):
     basis = got["basis"] * n * 8
     assert got["peak"] >= basis  # the measurement sees at least the basis
     assert abs(got["peak"] - got["predicted"]) <= 0.2 * got["predicted"], got
-    # The target of at most 1.2x the basis plus one block is a benchmark figure
-    # (docs/benchmarks.md): the allocator's slack under a loaded machine moved this widened
-    # case from 1.28x to 1.46x the basis, while the prediction above held.
+    if block > 8:
+        # widened blocks: at most 1.2x the basis plus one block of the widest width (1.23x
+        # measured with PEAK_MEMORY_ENV; with blocks of 8 the panels' unused room and the
+        # workspace are a larger share: 1.27x against 1.25x, docs/benchmarks.md)
+        assert got["peak"] <= 1.2 * basis + block * n * 8, (got["peak"] / basis, got)
