@@ -13,12 +13,15 @@ n = 100,736). One run measures, round-robin on the same threads:
 The ratio ``sketch / floor`` is what the benchmark reports, in wall time and in this process's
 CPU time (one thread, so CPU time is wall time minus the waits that other processes' load
 causes: on a shared machine the CPU-time ratio is the steadier one). Peak memory is the process's
-resident-set peak over the sketch run against the n x basis float64 array.
+resident-set peak over the sketch run against the n x basis float64 array; with ``--device
+cuda`` the basis lives on the GPU, the products are timed to their completion
+(``torch.cuda.synchronize``) and the peak is ``torch.cuda.max_memory_allocated`` over the run.
 
     python scripts/bench/sketch_floor.py --widths 750,64,64,10 --samples 8      # r = 2540
     python scripts/bench/sketch_floor.py --widths 1500,64,64,10 --samples 64    # r = 3000
     python scripts/bench/sketch_floor.py --widths 4650,64,64,10 --samples 64 --no-floor
     python scripts/bench/sketch_floor.py --quick                                # smoke, < 30 s
+    python scripts/bench/sketch_floor.py --widths 15600,64,64,10 --samples 64 --device cuda
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import machine, rss_mb, write_json  # noqa: E402
+from common import machine, rss_mb, sync, write_json  # noqa: E402
 
 import scalable_hrank as hr  # noqa: E402
 from scalable_hrank.linalg import orth  # noqa: E402
@@ -100,7 +103,8 @@ class SecondPassCounter:
 class ProductClock:
     """Wraps ``CurvatureOperator.matmat`` to add up the seconds spent inside products."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
         self.seconds = 0.0
         self.cpu = 0.0
         self.columns = 0
@@ -112,6 +116,7 @@ class ProductClock:
         def timed(op: CurvatureOperator, block: torch.Tensor) -> torch.Tensor:
             t0, c0 = time.perf_counter(), time.process_time()
             out = orig(op, block)
+            sync(clock.device)  # a GPU product counts until it has run
             clock.seconds += time.perf_counter() - t0
             clock.cpu += time.process_time() - c0
             clock.columns += 1 if block.dim() == 1 else block.shape[1]
@@ -126,38 +131,51 @@ class ProductClock:
         CurvatureOperator.__matmul__ = self._orig
 
 
-def problem(widths: list[int], samples: int, seed: int = 0):
+def problem(widths: list[int], samples: int, seed: int = 0, device: str = "cpu"):
     model = mlp(widths, activation="linear", bias=False, seed=seed, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(samples, widths[0], generator=g, dtype=torch.float64)
     y = torch.randn(samples, widths[-1], generator=g, dtype=torch.float64)
-    return model, (x, y)
+    return model.to(device), (x.to(device), y.to(device))
 
 
-def cgs_pass(n: int, r: int, block: int = 64, seed: int = 0) -> tuple[float, float]:
+def cgs_pass(n: int, r: int, block: int = 64, seed: int = 0,
+             device: str = "cpu") -> tuple[float, float]:
     """Wall and CPU seconds of one block classical Gram-Schmidt pass of an n x r basis."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(r, n, generator=g, dtype=torch.float64).mT  # column-major, as the sketch
+    g = torch.Generator(device).manual_seed(seed)
+    # column-major, as the sketch's basis
+    q = torch.randn(r, n, generator=g, dtype=torch.float64, device=device).mT
+    sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     for k in range(block, r, block):
         x = q[:, k:k + block]
         c = q[:, :k].mT @ x
         x.sub_(q[:, :k] @ c)
+    sync(device)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     del q
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return seconds, cpu
 
 
-def run_sketch(model, data, kind: str, block_size: int, profile: bool) -> dict:
+def run_sketch(model, data, kind: str, block_size: int, profile: bool,
+               device: str = "cpu") -> dict:
     gc.collect()
     rss0 = rss_mb()
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        gpu0 = torch.cuda.memory_allocated()
     prof = cProfile.Profile() if profile else None
-    with ProductClock() as clock, RssPeak() as peak, SecondPassCounter() as second:
+    with ProductClock(device) as clock, RssPeak() as peak, SecondPassCounter() as second:
         t0, c0 = time.perf_counter(), time.process_time()
         if prof is not None:
             prof.enable()
         res = hr.estimate_rank(model, "mse", data, kind, method="sketch", seed=0,
                                block_size=block_size)
+        sync(device)
         if prof is not None:
             prof.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -167,6 +185,9 @@ def run_sketch(model, data, kind: str, block_size: int, profile: bool) -> dict:
            "products_s": clock.seconds, "product_columns": clock.columns,
            "result_seconds": res.seconds, "rss_before_mb": rss0,
            "rss_peak_mb": peak.peak_mb, "second_pass_columns": second.columns}
+    if gpu:
+        row["gpu_before_mb"] = gpu0 / 2**20
+        row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if prof is not None:
         stats = pstats.Stats(prof)
         parts = {}
@@ -189,25 +210,26 @@ def main() -> None:
     p.add_argument("--no-floor", action="store_true",
                    help="skip the CGS floor passes (scale runs: wall and breakdown only)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu", help="where the model and the basis live")
     p.add_argument("--quick", action="store_true", help="smoke run ([200, 32, 32, 10], N = 4)")
     p.add_argument("--json", default=None, help="write results here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     widths = [200, 32, 32, 10] if a.quick else [int(w) for w in a.widths.split(",")]
     samples = 4 if a.quick else a.samples
-    info = machine()
+    info = machine(a.device)
     info["threads"] = torch.get_num_threads()
     print(f"# {info}", flush=True)
     pred = getattr(predict_rank_from_widths(widths, loss="mse", num_samples=samples), a.kind)
-    model, data = problem(widths, samples)
+    model, data = problem(widths, samples, device=a.device)
     n = sum(p.numel() for p in model.parameters())
     print(f"# widths {widths}, N = {samples}, n = {n:,}, predicted rank({a.kind}) = {pred}",
           flush=True)
     # round-robin: floor pass, sketch, floor pass (the floor's array is freed before the sketch)
     nan = (float("nan"), float("nan"))
-    floor_a = nan if a.no_floor else cgs_pass(n, pred, a.floor_block)
-    sketch = run_sketch(model, data, a.kind, a.block_size, not a.no_profile)
-    floor_b = nan if a.no_floor else cgs_pass(n, pred, a.floor_block)
+    floor_a = nan if a.no_floor else cgs_pass(n, pred, a.floor_block, device=a.device)
+    sketch = run_sketch(model, data, a.kind, a.block_size, not a.no_profile, a.device)
+    floor_b = nan if a.no_floor else cgs_pass(n, pred, a.floor_block, device=a.device)
     cgs, cgs_cpu = min(floor_a[0], floor_b[0]), min(floor_a[1], floor_b[1])
     floor = sketch["products_s"] + cgs
     floor_cpu = sketch["products_cpu_s"] + cgs_cpu
@@ -237,6 +259,12 @@ def main() -> None:
     print(f"sketch memory: peak RSS {sketch['rss_peak_mb']:.0f} MB - {sketch['rss_before_mb']:.0f}"
           f" MB before = {grown:.0f} MB = {grown / basis_mb:.2f} x the n x basis float64 "
           f"array ({basis_mb:.0f} MB)", flush=True)
+    if "gpu_peak_mb" in sketch:
+        grown = sketch["gpu_peak_mb"] - sketch["gpu_before_mb"]
+        out["gpu_peak_over_basis"] = grown / basis_mb
+        print(f"GPU memory: peak allocated {sketch['gpu_peak_mb']:.0f} MB - "
+              f"{sketch['gpu_before_mb']:.0f} MB before = {grown:.0f} MB = "
+              f"{grown / basis_mb:.2f} x the basis array", flush=True)
     write_json(a.json, out)
 
 

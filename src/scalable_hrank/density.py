@@ -1,7 +1,8 @@
 """Rank by spectral density: deflate the top outliers, then count the rest by SLQ.
 
 For ranks too large to hold a Krylov basis of (rank x P) numbers. Memory: the deflation
-block (``num_deflate`` vectors) plus 3 vectors per probe, independent of the depth.
+block (``num_deflate`` vectors) plus about 5 vectors per probe at the peak of a Lanczos step
+(two kept, the product, the new vector, one for the operator), independent of the depth.
 
 H_O with a built-in loss is counted in the output space when that is smaller (M = N x C
 outputs < P; ``operators.gram``): its Gram matrix ``G`` (M x M) has H_O's non-zero

@@ -238,6 +238,10 @@ def test_batched_run_stops_alone_on_breakdown():
                                           breakdown=1e-12)
     assert used == 2 + 10
     assert math.isclose(float(theta[0]), 1.0, rel_tol=1e-12)
+    # the run that goes on (its vectors now gathered from the state) is the run alone
+    alone, _ = largest_ritz_magnitudes(lambda x: a @ x, v0[:, 1:], num_matvecs=10,
+                                       breakdown=1e-12)
+    assert math.isclose(float(theta[1]), float(alone[0]), rel_tol=1e-12)
 
 
 @pytest.mark.parametrize("below", [0.05, 0.4])
@@ -277,3 +281,26 @@ def test_panels_are_never_copied_to_grow():
             assert seen.setdefault(i, panel.data_ptr()) == panel.data_ptr()
     assert state.size == 160 and len(state.panels) > 1
     assert sum(t.shape[0] for t in state.panels) == engine.allocated_vectors(160, n)
+
+
+def test_lock_step_survives_operators_that_reuse_or_return_their_storage():
+    # The update works in place: an operator that writes every product into one buffer it
+    # keeps, or one that returns its input (the identity), must not corrupt the kept vectors.
+    n = 80
+    p = planted(torch.linspace(0.1, 1.0, n, dtype=F64), seed=13)
+    v0 = torch.randn(n, 3, generator=_gen(14), dtype=F64)
+    buf = torch.empty(n, 3, dtype=F64)
+
+    def reusing(x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(p.matrix, x, out=buf[:, :x.shape[1]])
+
+    fresh, _ = largest_ritz_magnitudes(p.matmat(), v0, num_matvecs=20)
+    reused, _ = largest_ritz_magnitudes(reusing, v0, num_matvecs=20)
+    assert torch.equal(fresh, reused)
+    runs, _ = engine.start_probes(v0, None)
+    kept = runs.v.clone()
+    engine.advance_probes(runs, lambda x: x, 3, None)
+    # A = I: alpha = 1 and beta = 0 at the first step, and the start vectors are intact
+    assert torch.allclose(runs.alphas[0], torch.ones(3, dtype=F64), atol=1e-14)
+    assert int(runs.lengths.max()) == 1 and not bool(runs.active.any())
+    assert torch.equal(runs.v_prev, kept)

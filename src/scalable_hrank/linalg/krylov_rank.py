@@ -82,20 +82,31 @@ RITZ_GROWTH = 0.5
 #: the second pass work in the residual's storage), and one for what the operator holds
 #: while it multiplies.
 WORKSPACE_BLOCKS = 3
+#: Blocks of one column per certificate run alive at once (:func:`deflated_norm`): the two
+#: vectors the Lanczos recurrence keeps, the product, its projection and the new vector.
+CERT_WORKSPACE_BLOCKS = 5
+#: Failure probability of the default certificate (all its Lanczos runs short of (1 - eps)).
+CERTIFICATE_FAILURE = 1e-10
+#: Independent certificate runs batched together once the basis outgrows the caches (each
+#: step then reads the basis once for all of them): 4 runs of 13 steps at n = 5e4 instead of
+#: one of 30, for the same failure probability, in 2.3x fewer passes over the basis.
+CERT_STARTS = 4
 
 
 def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
                  max_block_size: int | None = None) -> int:
     """Bytes :func:`krylov_rank` holds at its peak for a rank-``rank`` operator of size n.
 
-    The basis of about ``rank + 2 b_last + b`` vectors (b_last the final block width, from
-    :func:`~.decomp.target_width`) as its storage panels allocate it, plus
-    :data:`WORKSPACE_BLOCKS` blocks of width b_last, plus the float64 projected matrix and
-    its eigenvalue workspace (3 m^2 numbers). Not counted: the operator's own memory.
+    The basis of about ``rank + b_last + 2 b`` vectors (b_last the final block width, from
+    :func:`~.decomp.target_width`) as its storage panels allocate it, plus the larger
+    workspace of a step (:data:`WORKSPACE_BLOCKS` blocks of width b_last) and of the
+    certificate (:data:`CERT_WORKSPACE_BLOCKS` blocks of one column per run), plus the
+    float64 projected matrix and its eigenvalue workspace (3 m^2 numbers). Not counted: the
+    operator's own memory.
 
     Args:
         n: Operator size.
-        rank: Expected rank r (the basis holds about r plus two blocks).
+        rank: Expected rank r.
         block_size: The ``block_size`` passed to :func:`krylov_rank`.
         itemsize: Bytes per number of the basis dtype (8 for float64).
         max_block_size: As for :func:`krylov_rank` (default the same default).
@@ -103,17 +114,14 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     if max_block_size is None:
         max_block_size = 1 if block_size == 1 else max(block_size, 64)
     wide = _engine.target_width(min(n, rank), n, block_size, max_block_size)
-    m = min(n, rank + 2 * wide + block_size)
+    # a basis for a rank-r operator spans at most range(A) and its random directions: the
+    # start block, those the widening added (b_last - b) and a refill of b; one more block
+    # of b covers a second refill or directions kept from rounding
+    m = min(n, rank + wide + 2 * block_size)
     basis = _engine.allocated_vectors(m, n) * n * itemsize
-    return basis + WORKSPACE_BLOCKS * wide * n * itemsize + 3 * m * m * 8
-
-
-#: Failure probability of the default certificate (all its Lanczos runs short of (1 - eps)).
-CERTIFICATE_FAILURE = 1e-10
-#: Independent certificate runs batched together once the basis outgrows the caches (each
-#: step then reads the basis once for all of them): 4 runs of 13 steps at n = 5e4 instead of
-#: one of 30, for the same failure probability, in 2.3x fewer passes over the basis.
-CERT_STARTS = 4
+    starts = CERT_STARTS if m * n >= _engine.WIDEN_ELEMENTS else 1
+    workspace = max(WORKSPACE_BLOCKS * wide, CERT_WORKSPACE_BLOCKS * starts)
+    return basis + workspace * n * itemsize + 3 * m * m * 8
 
 
 def certificate_steps_for(n: int, failure_probability: float = CERTIFICATE_FAILURE) -> int:
@@ -162,7 +170,8 @@ def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
     Returns:
         ``(theta, products)``: the largest ``|Ritz value|`` and the products spent (at most
         s k). Cost: one projection (4 n m s flops) per step in float64, two otherwise;
-        memory about 8 blocks of (n, s) besides Q (the lock-step state and one step).
+        memory :data:`CERT_WORKSPACE_BLOCKS` blocks of (n, s) besides Q and the operator's
+        own (the lock-step state and one step).
     """
     check_positive_int("num_starts", num_starts)
     panels = panels_of(basis)
@@ -256,7 +265,7 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
         Memory (:func:`memory_bytes`): the basis in panels (m length-n vectors plus unused
         room below m / 16 + 16 and below ``PANEL_ROWS``) and a workspace of about 3 blocks
         of the widest width (pending block, product, residual), m the final basis size
-        (about r + 2 b_max).
+        (about r + b_max + 2 b).
         Budget exhausted: ``certified=False`` and ``rank`` is the certified lower bound.
 
     Raises:

@@ -90,7 +90,7 @@ def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
         c = q.T @ y
         if reduce is not None:
             c = reduce(c)
-        return y - q @ c
+        return torch.addmm(y, q, c, alpha=-1.0)  # no (n, k) temporary besides y
 
     return op
 

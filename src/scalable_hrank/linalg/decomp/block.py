@@ -361,8 +361,8 @@ def refill(state: KrylovState, generator: torch.Generator, reduce: Reduce,
            device: torch.device | str) -> None:
     """Replace an empty pending block by fresh Gaussian directions orthogonal to the basis."""
     k = min(state.block_size, state.dim - state.size)
+    state.pending = state.pending.new_zeros(state.n, 0)  # released before the draw
     if k <= 0:
-        state.pending = state.pending.new_zeros(state.n, 0)
         return
     state.pending = _fresh(state, k, generator, reduce, device, state.columns)
     state.coupling = None
