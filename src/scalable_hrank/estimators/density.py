@@ -34,7 +34,7 @@ from scalable_hrank.result import RankResult
 
 #: Length-n vectors per SLQ probe at the peak of a lock-step Lanczos step: the two kept
 #: vectors, the product, the new vector, and one for what the operator holds while it
-#: multiplies (the update works in place: 4.1 per probe measured besides the operator's).
+#: multiplies (the update works in place: 3.1 per probe measured besides the operator's).
 SLQ_VECTORS_PER_PROBE = 5
 #: Block width of the deflation's block Lanczos.
 DEFLATION_BLOCK = 8

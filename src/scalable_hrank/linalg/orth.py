@@ -99,8 +99,8 @@ def project_out(w: Tensor, basis: Basis, reduce: Reduce = None, *,
         return w.clone()
     for _ in range(passes):
         coeffs = [inner(p, w, reduce) for p in panels]
-        w = torch.addmm(w, panels[0], coeffs[0], alpha=-1.0)  # new block, no temporary
-        for p, c in zip(panels[1:], coeffs[1:], strict=True):
+        w = w.clone()  # a new block in w's layout (column-major blocks update fastest)
+        for p, c in zip(panels, coeffs, strict=True):
             w.addmm_(p, c, alpha=-1.0)
     return w
 

@@ -90,7 +90,8 @@ def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
         c = q.T @ y
         if reduce is not None:
             c = reduce(c)
-        return torch.addmm(y, q, c, alpha=-1.0)  # no (n, k) temporary besides y
+        out = y.clone()  # y's layout; no (n, k) temporary for q @ c
+        return out.addmm_(q, c, alpha=-1.0)
 
     return op
 
