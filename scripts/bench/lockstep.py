@@ -6,10 +6,14 @@ Each path runs in a fresh process (its own ``src`` tree on PYTHONPATH) that time
 operator (a product costing one pass over the block, so the step's own overhead shows), and
 reports the peak resident growth during the steps in length-n float64 vectors per probe.
 The paths alternate (baseline, current, baseline, ...) and each is summarised by its minimum
-and median.
+and median. With ``--count WIDTHS`` each process instead runs a whole density count,
+``estimate_rank(method="density")`` on a deep linear MLP of those widths (mse, ``--samples``
+Gaussian samples, ``--max-matvecs`` products), and reports its seconds and result.
 
     OMP_NUM_THREADS=1 python scripts/bench/lockstep.py --baseline f5a009a --n 400000 \
         --probes 16 --steps 100 --reps 3
+    OMP_NUM_THREADS=1 python scripts/bench/lockstep.py --baseline f5a009a \
+        --count 1500,64,64,10 --samples 64 --max-matvecs 3200 --reps 2
 """
 
 from __future__ import annotations
@@ -51,6 +55,21 @@ peak = status("VmHWM") - before
 print(json.dumps({"seconds": seconds, "vectors_per_probe": peak / (8 * n * probes)}))
 """
 
+COUNT = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[4])
+from sketch_floor import problem
+import scalable_hrank as hr
+model, data = problem([int(w) for w in sys.argv[1].split(",")], int(sys.argv[2]))
+start = time.perf_counter()
+res = hr.estimate_rank(model, "mse", data, "loss", method="density", seed=0,
+                       max_matvecs=int(sys.argv[3]))
+print(json.dumps({"seconds": time.perf_counter() - start, "n": res.n, "rank": res.rank,
+                  "interval": [res.rank_low, res.rank_high], "matvecs": res.matvecs}))
+"""
+
 
 def baseline_tree(rev: str, into: Path) -> Path:
     """Extract ``src`` of commit ``rev`` into ``into`` and return its path."""
@@ -63,10 +82,15 @@ def baseline_tree(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def run(src: Path, n: int, probes: int, steps: int) -> dict:
+def run(src: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(probes), str(steps)],
-                         env=env, capture_output=True, text=True, check=True)
+    if args.count:
+        argv = [COUNT, args.count, str(args.samples), str(args.max_matvecs),
+                str(Path(__file__).resolve().parent)]
+    else:
+        argv = [CHILD, str(args.n), str(args.probes), str(args.steps)]
+    out = subprocess.run([sys.executable, "-c", *argv], env=env, capture_output=True,
+                         text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -78,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=int, default=16)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--count", default=None, help="widths: time a whole density count")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--max-matvecs", type=int, default=3200)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"current": ROOT / "src"}
@@ -87,17 +114,28 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict]] = {name: [] for name in paths}
         for _ in range(args.reps):
             for name, src in paths.items():
-                results[name].append(run(src, args.n, args.probes, args.steps))
-    print(f"# n = {args.n}, {args.probes} probes, {args.steps} steps, 1 thread, "
-          f"load {os.getloadavg()[0]:.1f}")
-    print("| path | min (s) | median (s) | per step (ms) | peak vectors per probe |")
-    print("|---|---|---|---|---|")
+                results[name].append(run(src, args))
     mins = {}
+    if args.count:
+        print(f"# density count, widths {args.count}, N = {args.samples}, "
+              f"{args.max_matvecs} products, 1 thread, load {os.getloadavg()[0]:.1f}")
+        print("| path | min (s) | median (s) | n | rank [interval] | products |")
+        print("|---|---|---|---|---|---|")
+    else:
+        print(f"# n = {args.n}, {args.probes} probes, {args.steps} steps, 1 thread, "
+              f"load {os.getloadavg()[0]:.1f}")
+        print("| path | min (s) | median (s) | per step (ms) | peak vectors per probe |")
+        print("|---|---|---|---|---|")
     for name, rows in results.items():
         secs = [r["seconds"] for r in rows]
         mins[name] = min(secs)
-        print(f"| {name} | {min(secs):.2f} | {statistics.median(secs):.2f} | "
-              f"{1e3 * min(secs) / args.steps:.1f} | {rows[0]['vectors_per_probe']:.2f} |")
+        if args.count:
+            r = rows[0]
+            tail = f"{r['n']:,} | {r['rank']} {r['interval']} | {r['matvecs']}"
+        else:
+            tail = (f"{1e3 * min(secs) / args.steps:.1f} | "
+                    f"{rows[0]['vectors_per_probe']:.2f}")
+        print(f"| {name} | {min(secs):.2f} | {statistics.median(secs):.2f} | {tail} |")
     if len(mins) == 2:
         base, cur = mins.values()
         print(f"baseline / current (minimum): {base / cur:.2f}")
