@@ -93,6 +93,15 @@ CERTIFICATE_FAILURE = 1e-10
 CERT_STARTS = 4
 
 
+def _certificate_runs(m: int, n: int) -> int:
+    """Lanczos runs a default certificate batches at basis size m (vectors of length n).
+
+    :data:`CERT_STARTS` once the basis is beyond the caches (:data:`~.decomp.WIDEN_ELEMENTS`
+    numbers), else 1.
+    """
+    return CERT_STARTS if m * n >= _engine.WIDEN_ELEMENTS else 1
+
+
 def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
                  max_block_size: int | None = None) -> int:
     """Bytes :func:`krylov_rank` holds at its peak for a rank-``rank`` operator of size n.
@@ -119,8 +128,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     # of b covers a second refill or directions kept from rounding
     m = min(n, rank + wide + 2 * block_size)
     basis = _engine.allocated_vectors(m, n) * n * itemsize
-    starts = CERT_STARTS if m * n >= _engine.WIDEN_ELEMENTS else 1
-    workspace = max(WORKSPACE_BLOCKS * wide, CERT_WORKSPACE_BLOCKS * starts)
+    workspace = max(WORKSPACE_BLOCKS * wide, CERT_WORKSPACE_BLOCKS * _certificate_runs(m, n))
     return basis + workspace * n * itemsize + 3 * m * m * 8
 
 
@@ -339,11 +347,12 @@ def krylov_rank(matmat: MatMat, n: int, *, tol: float | None = None, rtol: float
             theta, used = 0.0, 0
         else:
             starts, steps = 1, certificate_steps
-            if batch_certificate and state.size * n >= _engine.WIDEN_ELEMENTS:
+            runs = _certificate_runs(state.size, n)
+            if batch_certificate and runs > 1:
                 # a basis beyond the caches: fewer, batched steps read it fewer times
-                batched = certificate_steps_for(n, CERTIFICATE_FAILURE ** (1 / CERT_STARTS))
-                if state.num_matvecs + CERT_STARTS * batched <= max_matvecs:
-                    starts, steps = CERT_STARTS, batched
+                batched = certificate_steps_for(n, CERTIFICATE_FAILURE ** (1 / runs))
+                if state.num_matvecs + runs * batched <= max_matvecs:
+                    starts, steps = runs, batched
             theta, used = deflated_norm(matmat, state.columns or state.basis,
                                         num_matvecs=steps, generator=generator,
                                         reduce=reduce, num_starts=starts, shard=shard)

@@ -92,14 +92,18 @@ def project_out(w: Tensor, basis: Basis, reduce: Reduce = None, *,
 
     Returns:
         A new (n, k) tensor ``(I - Q Q^T)^passes w`` (``w`` itself when ``passes`` is 0 and
-        there is a basis). Cost: 4 n m k flops per pass, memory of one extra (n, k) block.
+        there is a basis), in the layout of ``w``. Cost: 4 n m k flops per pass, memory of
+        one extra (n, k) block.
     """
     panels = panels_of(basis)
     if not panels:
         return w.clone()
+    if passes:
+        # one new block in w's layout (column-major blocks update fastest), updated in
+        # place by every pass
+        w = w.clone()
     for _ in range(passes):
         coeffs = [inner(p, w, reduce) for p in panels]
-        w = w.clone()  # a new block in w's layout (column-major blocks update fastest)
         for p, c in zip(panels, coeffs, strict=True):
             w.addmm_(p, c, alpha=-1.0)
     return w

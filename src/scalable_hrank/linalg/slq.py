@@ -42,6 +42,7 @@ from scalable_hrank.linalg.decomp import (
     gauss_rules,
     start_probes,
 )
+from scalable_hrank.linalg.orth import project_out
 
 __all__ = ["SLQState", "slq_density", "slq_rank"]
 
@@ -86,12 +87,7 @@ def _deflated_op(matmat: MatMat, q: Tensor, reduce: Reduce) -> MatMat:
     q = q.T.contiguous().T
 
     def op(x: Tensor) -> Tensor:
-        y = matmat(x)
-        c = q.T @ y
-        if reduce is not None:
-            c = reduce(c)
-        out = y.clone()  # y's layout; no (n, k) temporary for q @ c
-        return out.addmm_(q, c, alpha=-1.0)
+        return project_out(matmat(x), q, reduce, passes=1)
 
     return op
 
