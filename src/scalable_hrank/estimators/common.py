@@ -71,8 +71,7 @@ def probe_and_threshold(request: RankRequest) -> Threshold:
     if scale_kind == op.kind:
         scale = spectral_scale(op, generator)
     else:
-        scale_op = CurvatureOperator(request.model_cast, request.loss, request.data, scale_kind,
-                                     params=request.params_cast, cache=request.cache)
+        scale_op = request.operator(scale_kind)
         scale = spectral_scale(scale_op, generator)
         scale_matvecs = scale_op.matvecs
     return Threshold(max(atol or 0.0, (rtol_eff or 0.0) * scale), rtol_eff, scale, scale_matvecs)

@@ -29,7 +29,7 @@ from scalable_hrank.estimators.common import (
 from scalable_hrank.estimators.registry import Estimator, RankRequest, Sizing, register_estimator
 from scalable_hrank.linalg import SLQState
 from scalable_hrank.linalg.slq import MAX_DEPTH
-from scalable_hrank.operators import CurvatureOperator, kind_spec
+from scalable_hrank.operators import kind_spec
 from scalable_hrank.result import RankResult
 
 #: Length-n vectors per SLQ probe at the peak of a lock-step Lanczos step: the two kept
@@ -104,9 +104,7 @@ def _run(request: RankRequest) -> RankResult:
     matvecs = op.matvecs + threshold.scale_matvecs
     if op.spec.parts and not res.extra["feasible"]:
         if parts:
-            part_ops = [CurvatureOperator(request.model_cast, request.loss, request.data, part,
-                                          params=request.params_cast, cache=request.cache)
-                        for part in op.spec.parts]
+            part_ops = [request.operator(part) for part in op.spec.parts]
             res = bound_from_parts(res, part_ops, seed=request.seed,
                                    max_matvecs=request.max_matvecs, **opts)
             matvecs += sum(part_op.matvecs for part_op in part_ops)

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from scalable_hrank._registry import Registry
+from scalable_hrank.operators import CurvatureOperator
 
 if TYPE_CHECKING:
-    from scalable_hrank.operators import CurvatureOperator
     from scalable_hrank.operators.losses import LossFn
     from scalable_hrank.planner import Plan
     from scalable_hrank.result import RankResult
@@ -111,6 +111,15 @@ class RankRequest:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     start: float = 0.0
+
+    def operator(self, kind: str) -> CurvatureOperator:
+        """A new operator of ``kind`` on the model, loss, data and parameters of ``op``.
+
+        In the product dtype, with the same graph caching; its products are counted in its
+        own ``matvecs``, not in ``op.matvecs``.
+        """
+        return CurvatureOperator(self.model_cast, self.loss, self.data, kind,
+                                 params=self.params_cast, cache=self.cache)
 
 
 def halved_blocks(sizing: Sizing) -> Iterator[Sizing]:
