@@ -45,8 +45,12 @@ def main(out_dir: str, mode: str) -> int:
     Path(out_dir, f"{name}.json").write_text(json.dumps(doc))
     if mode != "single":
         from scalable_hrank.distributed import shutdown
+        from scalable_hrank.distributed.env import group_threads
 
         shutdown()
+        if left := group_threads():  # the group was not freed: exit could abort
+            print(f"threads of the process group outlived shutdown: {left}")
+            return 1
     return 0
 
 

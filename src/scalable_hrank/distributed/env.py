@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ _STORE: dist.Store | None = None
 _LEFT_KEY = "hrank/left"
 #: Seconds the store's host waits for its peers to report that they left.
 LEAVE_TIMEOUT_S = 60.0
+#: Name prefixes of the threads torch's process groups and rendezvous stores start.
+_GROUP_THREAD_PREFIXES = ("gloo", "pt_gloo", "pt_nccl", "pt_tcpstore")
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     logger.info("joining %s:%d as rank %d of %d (%s, timeout %.0fs)", host, port, rank, size,
                 backend, timeout)
     wait = datetime.timedelta(seconds=timeout)
+    _bind_collectives_before_joining()
     # The rendezvous store is ours, not the group's, so it outlives the group: shutdown()
     # uses it to let every process finish tearing down before the store's host exits.
     global _STORE  # noqa: PLW0603 - one process group per process
@@ -185,6 +189,39 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     return World(rank, size, local, backend, device)
 
 
+def _bind_collectives_before_joining() -> None:
+    """Import the modules that bind the default group at import time, while there is none.
+
+    ``torch.distributed.nn.functional`` takes ``group.WORLD`` as the default argument of its
+    ten collectives, evaluated on import. torch.func imports it lazily (its first gradient
+    imports torch._dynamo, which imports it through FSDP), so without this the first product
+    after joining would store ten references to the default group. ``destroy_process_group``
+    then cannot free the group: its gloo threads outlive :func:`shutdown` and are torn down
+    during interpreter exit, after a peer may have closed its sockets, which can abort the
+    process ("terminate called without an active exception"). Imported now, they bind None.
+    """
+    import torch.distributed.nn.functional  # noqa: F401, PLC0415 - imported for its side effect
+
+
+def group_threads() -> list[str]:
+    """Names of this process's threads that belong to a process group or its store.
+
+    After :func:`shutdown` returns the list must be empty: a thread left over means the
+    group was not freed and will be torn down during interpreter exit. Read from
+    ``/proc/self/task`` (Linux); elsewhere always empty.
+    """
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended while listing
+            continue
+    return sorted(n for n in names if n.startswith(_GROUP_THREAD_PREFIXES))
+
+
 def shutdown() -> None:
     """Leave the process group in step with the others (no-op when none is initialized).
 
@@ -192,8 +229,9 @@ def shutdown() -> None:
     meet at a barrier, each destroys its group, reports on the rendezvous store, and the
     store's host (rank 0) returns only once every peer has reported (or after
     ``LEAVE_TIMEOUT_S``). No process then sees a peer's sockets or the store close while it
-    is still tearing its own group down, which can abort a process at exit. Not for error
-    paths where a peer may be gone: there, leave with ``os._exit``.
+    is still tearing its own group down, which can abort a process at exit. A group that is
+    still referenced (its threads still run, :func:`group_threads`) is logged as a warning.
+    Not for error paths where a peer may be gone: there, leave with ``os._exit``.
     """
     global _STORE  # noqa: PLW0603
     if not (dist.is_available() and dist.is_initialized()):
@@ -209,6 +247,10 @@ def shutdown() -> None:
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
         while store.add(_LEFT_KEY, 0) < size and time.monotonic() < deadline:
             time.sleep(0.01)
+    del store
+    if left := group_threads():
+        logger.warning("rank %d: the process group was not freed (threads %s still run): "
+                       "something keeps a reference to it", rank, ", ".join(left))
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

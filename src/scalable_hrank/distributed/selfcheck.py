@@ -9,8 +9,9 @@ Every process joins the group (:func:`init_from_env`) and computes on its device
 the production path of ``hrank rank --distributed [--shard-basis]``: the data split with
 :func:`shard`, then :func:`scalable_hrank.estimate_rank` with a replicated and with a sharded
 Krylov basis, for H_L, H_O and H_F of a linear network whose ranks the formulas give exactly.
-Rank 0 writes a JSON report (``--out``); the exit code is 0 when every check passed, 1
-otherwise.
+Rank 0 writes a JSON report (``--out``). Every process then leaves the group
+(:func:`shutdown`); the exit code is 0 when every check passed and no thread of the group
+outlived it, 1 otherwise.
 
 ``--die-rank R`` makes rank R exit right after joining, ``--hang-rank R`` makes it sleep:
 the others must then fail within the collective timeout (``--timeout``), not hang.
@@ -30,7 +31,13 @@ from pathlib import Path
 import torch
 
 from scalable_hrank._io import atomic_write_text
-from scalable_hrank.distributed.env import all_reduce_sum, init_from_env, shard, shutdown
+from scalable_hrank.distributed.env import (
+    all_reduce_sum,
+    group_threads,
+    init_from_env,
+    shard,
+    shutdown,
+)
 from scalable_hrank.distributed.resources import resolve_device, to_device
 from scalable_hrank.distributed.sharded import ShardedMatMat, sharded_reduce
 
@@ -144,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     logger.info("rank %d: %s", w.rank, json.dumps(report))
     shutdown()
+    if left := group_threads():  # the group would be torn down at exit, which can abort
+        logger.error("rank %d: the process group's threads outlived shutdown: %s", w.rank,
+                     ", ".join(left))
+        return 1
     return 0 if report["ok"] else 1
 
 
