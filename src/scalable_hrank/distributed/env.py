@@ -203,23 +203,32 @@ def _bind_collectives_before_joining() -> None:
     import torch.distributed.nn.functional  # noqa: F401, PLC0415 - imported for its side effect
 
 
-def group_threads() -> list[str]:
-    """Names of this process's threads that belong to a process group or its store.
+def group_threads(grace_s: float = 1.0) -> list[str]:
+    """Names of this process's live threads that belong to a process group or its store.
 
     After :func:`shutdown` returns the list must be empty: a thread left over means the
-    group was not freed and will be torn down during interpreter exit. Read from
-    ``/proc/self/task`` (Linux); elsewhere always empty.
+    group was not freed and will be torn down during interpreter exit. A joined thread can
+    stay listed for a moment while the kernel reaps it, so the list is re-read for up to
+    ``grace_s`` seconds until it is empty; a group that was not freed keeps its threads.
+    Read from ``/proc/self/task`` (Linux); elsewhere always empty.
     """
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        return []
+    deadline = time.monotonic() + grace_s
+    while (names := _live_group_threads()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return names
+
+
+def _live_group_threads() -> list[str]:
     names = []
-    for task in tasks.iterdir():
+    for task in Path("/proc/self/task").glob("*"):
         try:
-            names.append((task / "comm").read_text().strip())
-        except OSError:  # the thread ended while listing
+            name = (task / "comm").read_text().strip()
+            state = (task / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):  # the thread ended while listing
             continue
-    return sorted(n for n in names if n.startswith(_GROUP_THREAD_PREFIXES))
+        if state not in ("Z", "X") and name.startswith(_GROUP_THREAD_PREFIXES):
+            names.append(name)
+    return sorted(names)
 
 
 def shutdown() -> None:
