@@ -2,6 +2,9 @@
 
 Every process builds the same model and data, keeps its shard of the samples, and writes
 products, ranks and eigenvalues to OUT/rank-<r>.json (OUT/single.json without a process group).
+MODE: "single", "replicated" or "sharded" (the Krylov basis), or "user" (replicated, in a
+group the worker joins and leaves with torch.distributed itself). Exit 1 when a thread of the
+group outlives leaving it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def main(out_dir: str, mode: str) -> int:
     if mode != "single":
         from scalable_hrank.distributed import init_from_env, shard
 
+        if mode == "user":  # a group joined by the user's own code, not init_from_env
+            torch.distributed.init_process_group("gloo")
         world = init_from_env()
         batches = shard(batches, world.rank, world.size, by="sample")
         name = f"rank-{world.rank}"
@@ -47,9 +52,13 @@ def main(out_dir: str, mode: str) -> int:
         from scalable_hrank.distributed import shutdown
         from scalable_hrank.distributed.env import group_threads
 
-        shutdown()
+        if mode == "user":
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        else:
+            shutdown()
         if left := group_threads():  # the group was not freed: exit could abort
-            print(f"threads of the process group outlived shutdown: {left}")
+            print(f"threads of the process group outlived leaving it: {left}")
             return 1
     return 0
 

@@ -51,7 +51,7 @@ def single(tmp_path_factory) -> dict:
     return json.loads((out / "single.json").read_text())
 
 
-@pytest.mark.parametrize("mode", ["replicated", "sharded"])
+@pytest.mark.parametrize("mode", ["replicated", "sharded", "user"])
 def test_two_processes_equal_single_process(tmp_path, single, mode) -> None:
     _run(tmp_path, mode, 2)
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]

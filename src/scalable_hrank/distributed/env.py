@@ -179,7 +179,7 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     logger.info("joining %s:%d as rank %d of %d (%s, timeout %.0fs)", host, port, rank, size,
                 backend, timeout)
     wait = datetime.timedelta(seconds=timeout)
-    _bind_collectives_before_joining()
+    bind_collectives_before_joining()
     # The rendezvous store is ours, not the group's, so it outlives the group: shutdown()
     # uses it to let every process finish tearing down before the store's host exits.
     global _STORE  # noqa: PLW0603 - one process group per process
@@ -189,7 +189,7 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     return World(rank, size, local, backend, device)
 
 
-def _bind_collectives_before_joining() -> None:
+def bind_collectives_before_joining() -> None:
     """Import the modules that bind the default group at import time, while there is none.
 
     ``torch.distributed.nn.functional`` takes ``group.WORLD`` as the default argument of its
@@ -198,9 +198,13 @@ def _bind_collectives_before_joining() -> None:
     after joining would store ten references to the default group. ``destroy_process_group``
     then cannot free the group: its gloo threads outlive :func:`shutdown` and are torn down
     during interpreter exit, after a peer may have closed its sockets, which can abort the
-    process ("terminate called without an active exception"). Imported now, they bind None.
+    process ("terminate called without an active exception"). Imported before joining, they
+    bind None. Called by :func:`init_from_env` and on importing the curvature operators (for
+    groups a user joins without :func:`init_from_env`); a no-op once imported, and when
+    torch.distributed is not built.
     """
-    import torch.distributed.nn.functional  # noqa: F401, PLC0415 - imported for its side effect
+    if dist.is_available():
+        import torch.distributed.nn.functional  # noqa: F401, PLC0415 - for its side effect
 
 
 def group_threads(grace_s: float = 1.0) -> list[str]:

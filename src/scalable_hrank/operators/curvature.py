@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from scalable_hrank.distributed.env import bind_collectives_before_joining
 from scalable_hrank.errors import NonFiniteError
 from scalable_hrank.operators.batches import Batch, BatchSource, call_model
 from scalable_hrank.operators.kinds import KINDS, KindSpec, kind_spec
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 #: above it the vmapped block is slower per product on CPUs (docs/benchmarks.md, "HVP cost":
 #: ours_vmap_block against ours_block).
 COLUMN_LOOP_MIN_SIZE: dict[str, int] = {"cpu": 2**17}
+
+# Before any group exists, so that destroy_process_group can free a group joined later.
+bind_collectives_before_joining()
 
 
 def check_eval_mode(model: nn.Module) -> None:
