@@ -28,14 +28,14 @@ from scalable_hrank.estimators.common import (
 )
 from scalable_hrank.estimators.registry import Estimator, RankRequest, Sizing, register_estimator
 from scalable_hrank.linalg import SLQState
+from scalable_hrank.linalg.decomp import VECTORS_PER_RUN
 from scalable_hrank.linalg.slq import MAX_DEPTH
 from scalable_hrank.operators import kind_spec
 from scalable_hrank.result import RankResult
 
-#: Length-n vectors per SLQ probe at the peak of a lock-step Lanczos step: the two kept
-#: vectors, the product, the new vector, and one for what the operator holds while it
-#: multiplies (the update works in place: 3.1 per probe measured besides the operator's).
-SLQ_VECTORS_PER_PROBE = 5
+#: Length-n vectors per SLQ probe at the peak of a lock-step Lanczos step (the engine's
+#: count; 3.1 per probe measured besides the operator's own).
+SLQ_VECTORS_PER_PROBE = VECTORS_PER_RUN
 #: Block width of the deflation's block Lanczos.
 DEFLATION_BLOCK = 8
 

@@ -82,9 +82,6 @@ RITZ_GROWTH = 0.5
 #: the second pass work in the residual's storage), and one for what the operator holds
 #: while it multiplies.
 WORKSPACE_BLOCKS = 3
-#: Blocks of one column per certificate run alive at once (:func:`deflated_norm`): the two
-#: vectors the Lanczos recurrence keeps, the product, its projection and the new vector.
-CERT_WORKSPACE_BLOCKS = 5
 #: Failure probability of the default certificate (all its Lanczos runs short of (1 - eps)).
 CERTIFICATE_FAILURE = 1e-10
 #: Independent certificate runs batched together once the basis outgrows the caches (each
@@ -109,7 +106,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     The basis of about ``rank + b_last + 2 b`` vectors (b_last the final block width, from
     :func:`~.decomp.target_width`) as its storage panels allocate it, plus the larger
     workspace of a step (:data:`WORKSPACE_BLOCKS` blocks of width b_last) and of the
-    certificate (:data:`CERT_WORKSPACE_BLOCKS` blocks of one column per run), plus the
+    certificate (:data:`~.decomp.VECTORS_PER_RUN` vectors per run), plus the
     float64 projected matrix and its eigenvalue workspace (3 m^2 numbers). Not counted: the
     operator's own memory.
 
@@ -128,7 +125,7 @@ def memory_bytes(n: int, rank: int, block_size: int, itemsize: int,
     # of b covers a second refill or directions kept from rounding
     m = min(n, rank + wide + 2 * block_size)
     basis = _engine.allocated_vectors(m, n) * n * itemsize
-    workspace = max(WORKSPACE_BLOCKS * wide, CERT_WORKSPACE_BLOCKS * _certificate_runs(m, n))
+    workspace = max(WORKSPACE_BLOCKS * wide, _engine.VECTORS_PER_RUN * _certificate_runs(m, n))
     return basis + workspace * n * itemsize + 3 * m * m * 8
 
 
@@ -178,7 +175,7 @@ def deflated_norm(matmat: MatMat, basis: Basis, *, num_matvecs: int,
     Returns:
         ``(theta, products)``: the largest ``|Ritz value|`` and the products spent (at most
         s k). Cost: one projection (4 n m s flops) per step in float64, two otherwise;
-        memory :data:`CERT_WORKSPACE_BLOCKS` blocks of (n, s) besides Q and the operator's
+        memory :data:`~.decomp.VECTORS_PER_RUN` blocks of (n, s) besides Q and the operator's
         own (the lock-step state and one step).
     """
     check_positive_int("num_starts", num_starts)

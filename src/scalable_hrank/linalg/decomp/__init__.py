@@ -32,6 +32,7 @@ from scalable_hrank.linalg.decomp.block import (
     widen,
 )
 from scalable_hrank.linalg.decomp.lockstep import (
+    VECTORS_PER_RUN,
     ProbeLanczos,
     advance_probes,
     column_dots,
@@ -49,6 +50,7 @@ from scalable_hrank.linalg.decomp.single import (
 
 __all__ = [
     "PANEL_ROWS",
+    "VECTORS_PER_RUN",
     "WIDEN_ELEMENTS",
     "WIDEN_FROM",
     "KrylovState",

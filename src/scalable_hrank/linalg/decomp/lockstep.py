@@ -17,9 +17,14 @@ from torch import Tensor
 
 from scalable_hrank.linalg._types import MatMat, Reduce
 
-__all__ = ["ProbeLanczos", "advance_probes", "column_dots", "extreme_ritz", "gauss_rules",
-           "start_probes"]
+__all__ = ["VECTORS_PER_RUN", "ProbeLanczos", "advance_probes", "column_dots", "extreme_ritz",
+           "gauss_rules", "start_probes"]
 
+
+#: Length-n vectors per run alive at the peak of a step over a deflated operator (the SLQ
+#: count and the Krylov certificate both run one), besides the deflation basis: the two kept
+#: vectors, the operator's product, its projection off the basis and the new vector.
+VECTORS_PER_RUN = 5
 
 #: Elements of the (rows, m) product formed at a time by :func:`column_dots` on the CPU
 #: (512 KB in float64: it stays in the caches) and on an accelerator (32 MB: few kernel
