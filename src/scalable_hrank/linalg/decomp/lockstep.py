@@ -43,14 +43,18 @@ def _local_dots(x: Tensor, y: Tensor) -> Tensor:
     return out
 
 
+def _summed(local: Tensor, reduce: Reduce) -> Tensor:
+    """``local`` summed over processes (one reduce), on the CPU."""
+    return (local if reduce is None else reduce(local)).cpu()
+
+
 def column_dots(x: Tensor, y: Tensor, reduce: Reduce) -> Tensor:
     """Column-wise inner products, float64 on the CPU (m numbers), summed over processes.
 
     Computed in row chunks of at most :data:`DOT_CHUNK_ELEMENTS` numbers: no (n, m)
     temporary for large n.
     """
-    d = _local_dots(x, y)
-    return (d if reduce is None else reduce(d)).cpu()
+    return _summed(_local_dots(x, y), reduce)
 
 
 @dataclass
@@ -120,8 +124,7 @@ def advance_probes(state: ProbeLanczos, op: MatMat, steps: int, reduce: Reduce, 
         alpha = column_dots(v, w, reduce)
         w.addcmul_(v, alpha.to(w.device, dt), value=-1.0)
         # cheap local reorthogonalization against the two latest vectors (one reduce)
-        local = torch.cat([_local_dots(v, w), _local_dots(vp, w)])
-        c = (local if reduce is None else reduce(local)).cpu()
+        c = _summed(torch.cat([_local_dots(v, w), _local_dots(vp, w)]), reduce)
         w.addcmul_(v, c[:k].to(w.device, dt), value=-1.0)
         w.addcmul_(vp, c[k:].to(w.device, dt), value=-1.0)
         alpha = alpha + c[:k]
