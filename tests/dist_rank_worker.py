@@ -55,9 +55,10 @@ def main(out_dir: str, mode: str) -> int:
         if mode == "user":
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+            left = group_threads()
         else:
-            shutdown()
-        if left := group_threads():  # the group was not freed: exit could abort
+            left = shutdown()
+        if left:  # the group was not freed: exit could abort
             print(f"threads of the process group outlived leaving it: {left}")
             return 1
     return 0

@@ -179,7 +179,6 @@ def init_from_env(*, backend: str | None = None, timeout: float | None = None) -
     logger.info("joining %s:%d as rank %d of %d (%s, timeout %.0fs)", host, port, rank, size,
                 backend, timeout)
     wait = datetime.timedelta(seconds=timeout)
-    bind_collectives_before_joining()
     # The rendezvous store is ours, not the group's, so it outlives the group: shutdown()
     # uses it to let every process finish tearing down before the store's host exits.
     global _STORE  # noqa: PLW0603 - one process group per process
@@ -199,9 +198,10 @@ def bind_collectives_before_joining() -> None:
     then cannot free the group: its gloo threads outlive :func:`shutdown` and are torn down
     during interpreter exit, after a peer may have closed its sockets, which can abort the
     process ("terminate called without an active exception"). Imported before joining, they
-    bind None. Called by :func:`init_from_env` and on importing the curvature operators (for
-    groups a user joins without :func:`init_from_env`); a no-op once imported, and when
-    torch.distributed is not built.
+    bind None. Called on importing the curvature operators, which ``import scalable_hrank``
+    (and so every import of this module) does: before any group a process joins afterwards,
+    through :func:`init_from_env` or torch.distributed itself. A no-op when torch.distributed
+    is not built.
     """
     if dist.is_available():
         import torch.distributed.nn.functional  # noqa: F401, PLC0415 - for its side effect
@@ -235,26 +235,29 @@ def _live_group_threads() -> list[str]:
     return sorted(names)
 
 
-def shutdown() -> None:
+def shutdown() -> list[str]:
     """Leave the process group in step with the others (no-op when none is initialized).
 
     Every process must call it at the same point, once nothing else is sent: the processes
     meet at a barrier, each destroys its group, reports on the rendezvous store, and the
     store's host (rank 0) returns only once every peer has reported (or after
     ``LEAVE_TIMEOUT_S``). No process then sees a peer's sockets or the store close while it
-    is still tearing its own group down, which can abort a process at exit. A group that is
-    still referenced (its threads still run, :func:`group_threads`) is logged as a warning.
-    Not for error paths where a peer may be gone: there, leave with ``os._exit``.
+    is still tearing its own group down, which can abort a process at exit. Not for error
+    paths where a peer may be gone: there, leave with ``os._exit``.
+
+    Returns:
+        The group's threads still running (:func:`group_threads`), logged as a warning: empty
+        when the group was freed, and when there was no group or this module did not create it.
     """
     global _STORE  # noqa: PLW0603
     if not (dist.is_available() and dist.is_initialized()):
-        return
+        return []
     rank, size = dist.get_rank(), dist.get_world_size()
     dist.barrier()
     dist.destroy_process_group()
     store, _STORE = _STORE, None
     if store is None:  # a group this module did not create
-        return
+        return []
     store.add(_LEFT_KEY, 1)
     if rank == 0:
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
@@ -264,6 +267,7 @@ def shutdown() -> None:
     if left := group_threads():
         logger.warning("rank %d: the process group was not freed (threads %s still run): "
                        "something keeps a reference to it", rank, ", ".join(left))
+    return left
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

@@ -31,13 +31,7 @@ from pathlib import Path
 import torch
 
 from scalable_hrank._io import atomic_write_text
-from scalable_hrank.distributed.env import (
-    all_reduce_sum,
-    group_threads,
-    init_from_env,
-    shard,
-    shutdown,
-)
+from scalable_hrank.distributed.env import all_reduce_sum, init_from_env, shard, shutdown
 from scalable_hrank.distributed.resources import resolve_device, to_device
 from scalable_hrank.distributed.sharded import ShardedMatMat, sharded_reduce
 
@@ -150,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if w.rank == 0 and args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     logger.info("rank %d: %s", w.rank, json.dumps(report))
-    shutdown()
-    if left := group_threads():  # the group would be torn down at exit, which can abort
+    if left := shutdown():  # the group would be torn down at exit, which can abort
         logger.error("rank %d: the process group's threads outlived shutdown: %s", w.rank,
                      ", ".join(left))
         return 1
